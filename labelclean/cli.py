@@ -1,0 +1,199 @@
+"""The ``labelclean`` command line: thin wrappers over the library.
+
+Results go to stdout; progress, notes and errors to stderr. Exit codes: 0 ok, 1 data or user
+error (one line, no traceback; ``LABELCLEAN_DEBUG=1`` shows it), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from labelclean import __version__
+from labelclean.errors import ConfigError, LabelcleanError
+
+app = typer.Typer(
+    name="labelclean",
+    help="Find and fix wrong labels in image-classification datasets.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"labelclean {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = False,
+) -> None:
+    """Find and fix wrong labels in image-classification datasets."""
+
+
+def _parse_options(pairs: list[str]) -> dict[str, object]:
+    options: dict[str, object] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--option: expected NAME=VALUE, found {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+@app.command(epilog="Example: labelclean audit sample_data/digits --trusted sample_data/trusted.csv")
+def audit(
+    dataset: Annotated[Path, typer.Argument(help="Image folder (one sub-folder per class) or a CSV/Parquet manifest.")],
+    trusted: Annotated[Optional[Path], typer.Option(help="CSV/Parquet of verified labels (path, label).")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: a new folder under ./labelclean-runs/).")] = None,
+    method: Annotated[str, typer.Option(help="Method: see 'labelclean methods'.")] = "ce",
+    backbone: Annotated[str, typer.Option(help="small_cnn, resnet18 or resnet50.")] = "small_cnn",
+    weights: Annotated[Optional[str], typer.Option(help="'imagenet' (torchvision) or a local checkpoint path.")] = None,
+    image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size (default: fit to data).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: fit to data size).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default: 128, less for tiny sets).")] = None,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine decay).")] = 0.05,
+    augment: Annotated[str, typer.Option(help="crop-flip, crop (no mirror: digits, text) or none.")] = "crop-flip",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same scores.")] = 0,
+    path_column: Annotated[str, typer.Option(help="Manifest column with image paths.")] = "path",
+    label_column: Annotated[str, typer.Option(help="Manifest column with labels.")] = "label",
+    id_column: Annotated[Optional[str], typer.Option(help="Manifest column with sample ids (default: 'id' if present, else the path).")] = None,
+    threshold: Annotated[Optional[float], typer.Option(help="Flag samples with suspicion >= this (default: derived from the data).")] = None,
+    meta_scope: Annotated[str, typer.Option(help="Virtual steps on the 'head' (fast) or the 'full' network.")] = "head",
+    option: Annotated[Optional[list[str]], typer.Option("--option", help="Method option NAME=VALUE (repeatable).")] = None,
+    strict: Annotated[bool, typer.Option(help="Any unreadable image is an error (default: skip a few).")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in --out.")] = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    top: Annotated[int, typer.Option(help="Suspects to show at the end.")] = 10,
+) -> None:
+    """Audit a dataset: rank suspect labels, suggest corrections, write a corrected manifest."""
+    from labelclean.audit import audit as run_audit
+    from labelclean.config import RunConfig
+    from labelclean.progress import RichReporter
+    from labelclean.report import print_audit_summary
+
+    config = RunConfig(
+        dataset=str(dataset), trusted=str(trusted) if trusted else None,
+        out=str(out_dir) if out_dir else None, method=method, backbone=backbone, weights=weights,
+        image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
+        seed=seed, path_column=path_column, label_column=label_column, id_column=id_column,
+        threshold=threshold, meta_scope=meta_scope, method_options=_parse_options(option or []),
+        strict=strict, resume=resume, overwrite=overwrite, device=device,
+    )
+    result = run_audit(config, RichReporter(err))
+    print_audit_summary(out, result, top)
+
+
+@app.command()
+def review(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
+    top: Annotated[int, typer.Option(help="Show at most this many rows (0: all).")] = 20,
+    class_name: Annotated[Optional[str], typer.Option("--class", help="Only samples whose given label is this class.")] = None,
+    min_suspicion: Annotated[float, typer.Option(help="Only samples with suspicion >= this.")] = 0.0,
+    all_samples: Annotated[bool, typer.Option("--all", help="Include samples that are not flagged.")] = False,
+    sort: Annotated[str, typer.Option(help="Sort by suspicion, rank, given_label or suggested_label.")] = "suspicion",
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Show suspects from a run, filtered and sorted, as a table or JSON."""
+    from labelclean.report import print_suspects, select_suspects
+    from labelclean.runs import Run
+
+    if fmt not in ("table", "json"):
+        raise ConfigError(f"--format: expected table or json, found {fmt!r}")
+    run = Run.open(run_dir)
+    rows = select_suspects(run.scores(), top=top, class_name=class_name,
+                           min_suspicion=min_suspicion, include_all=all_samples, sort=sort,
+                           classes=run.summary.get("classes", []))
+    if fmt == "json":
+        sys.stdout.write(rows.to_json(orient="records", indent=2) + "\n")
+    else:
+        print_suspects(out, rows, title=f"{len(rows)} sample(s) from {run_dir}")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet or jsonl (default: the input's format).")] = "",
+    policy: Annotated[str, typer.Option(help="relabel (apply strong suggestions), flag (add columns) or drop (remove flagged rows).")] = "relabel",
+    threshold: Annotated[Optional[float], typer.Option(help="Treat suspicion >= this as flagged (default: the audit's decisions).")] = None,
+    dest: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: inside the run folder).")] = None,
+) -> None:
+    """Write corrected label files that can be fed straight back to 'labelclean audit'."""
+    from labelclean.export import export_labels
+
+    written, changed, total = export_labels(run_dir, fmt or None, policy, threshold, dest)
+    verb = {"relabel": "relabelled", "drop": "dropped", "flag": "flagged"}[policy]
+    err.print(f"{verb} {changed} of {total} rows", highlight=False)
+    out.print(str(written), highlight=False)
+
+
+@app.command()
+def methods() -> None:
+    """List the registered methods and backbones."""
+    from labelclean.methods import METHODS
+    from labelclean.models import BACKBONES
+
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        trusted = " (uses a trusted set)" if cls.needs_trusted else ""
+        out.print(f"{name:6s} {doc}{trusted}", highlight=False)
+    out.print(f"backbones: {', '.join(BACKBONES.names())}", highlight=False)
+
+
+def main() -> None:
+    """Console entry point: run the app and turn known errors into one line and exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except LabelcleanError as exc:
+        _fail(str(exc), 1, exc)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and unexpected failures
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show(file=sys.stderr)
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show(file=sys.stderr)
+            sys.exit(exc.exit_code)
+        _fail(f"unexpected {type(exc).__name__}: {exc} (set LABELCLEAN_DEBUG=1 for details)", 1, exc)
+
+
+def _fail(message: str, code: int, exc: BaseException) -> None:
+    if os.environ.get("LABELCLEAN_DEBUG"):
+        import traceback
+
+        traceback.print_exception(exc)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""The one typed config object of an audit run, saved as ``config.json`` beside its outputs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from labelclean.errors import ConfigError
+
+CONFIG_VERSION = 1
+
+#: Settings that do not change what a run computes; they are left out of the resume check.
+NON_SEMANTIC_FIELDS = ("out", "resume", "overwrite", "device", "num_threads", "progress")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything an audit needs. ``None`` for ``epochs`` and ``batch_size`` means "fit to data".
+
+    Build it with keyword arguments, then call :meth:`validate` (``audit`` does it for you).
+    """
+
+    dataset: str
+    trusted: str | None = None
+    out: str | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    id_column: str | None = None
+    method: str = "ce"
+    backbone: str = "small_cnn"
+    weights: str | None = None
+    image_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    augment: str = "crop-flip"
+    seed: int = 0
+    strict: bool = False
+    threshold: float | None = None
+    meta_scope: str = "head"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    overwrite: bool = False
+    device: str = "cpu"
+    num_threads: int | None = None
+    progress: bool = True
+
+    def validate(self) -> RunConfig:
+        """Check ranges and names; raise :class:`ConfigError` with what was expected."""
+        from labelclean.methods import METHODS
+        from labelclean.models import BACKBONES
+
+        METHODS.get(self.method)
+        BACKBONES.get(self.backbone)
+        checks = [
+            (self.image_size is None or self.image_size >= 8,
+             f"--image-size: expected at least 8, found {self.image_size}"),
+            (self.epochs is None or self.epochs >= 1, f"--epochs: expected >= 1, found {self.epochs}"),
+            (self.batch_size is None or self.batch_size >= 2,
+             f"--batch-size: expected >= 2, found {self.batch_size}"),
+            (self.lr > 0, f"--lr: expected > 0, found {self.lr}"),
+            (0 <= self.momentum < 1, f"momentum: expected in [0, 1), found {self.momentum}"),
+            (self.weight_decay >= 0, f"weight decay: expected >= 0, found {self.weight_decay}"),
+            (
+                self.augment in AUGMENTATIONS,
+                f"--augment: expected one of {', '.join(AUGMENTATIONS)}, found {self.augment!r}",
+            ),
+            (
+                self.threshold is None or 0 < self.threshold < 1,
+                f"--threshold: expected a value in (0, 1), found {self.threshold}",
+            ),
+            (
+                self.meta_scope in ("head", "full"),
+                f"--meta-scope: expected head or full, found {self.meta_scope!r}",
+            ),
+            (
+                self.device in ("cpu", "cuda", "auto"),
+                f"--device: expected cpu, cuda or auto, found {self.device!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config_version": CONFIG_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        data = dict(data)
+        version = data.pop("config_version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ConfigError(f"config version: expected {CONFIG_VERSION}, found {version}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"config: unknown settings {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: expected a labelclean config.json: {exc}") from None
+        return cls.from_dict(data)
+
+    def fingerprint(self) -> str:
+        """A hash of the settings that change results (checked when resuming)."""
+        data = {k: v for k, v in self.to_dict().items() if k not in NON_SEMANTIC_FIELDS}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+AUGMENTATIONS = ("crop-flip", "crop", "none")

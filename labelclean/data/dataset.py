@@ -1,0 +1,307 @@
+"""The sample table: one row per image, keyed by a stable ``sample_id``.
+
+Inputs come in three forms, all turned into the same :class:`Samples`:
+
+* an image folder with one sub-folder per class (images at any depth below it);
+* a CSV or Parquet manifest with a path column and a label column (other columns are kept);
+* a trusted set (CSV or Parquet, path and label) of verified labels, merged into the above.
+
+Structural problems (missing columns, duplicate ids, unknown trusted labels, empty classes)
+are collected and raised together as one :class:`DataError`; per-image problems are handled
+later, when the images are decoded (see :func:`labelclean.data.images.decode_images`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from labelclean.errors import DataError
+from labelclean.io import read_table
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+MAX_REPORTED = 10
+
+
+@dataclass
+class InputTable:
+    """The user's input as read, before validation against images.
+
+    ``frame`` holds every input row and column unchanged (for a folder: ``path`` and ``label``,
+    with paths relative to the folder). ``base_dir`` is where relative paths resolve.
+    """
+
+    kind: str  # "folder", "csv" or "parquet"
+    source: Path
+    base_dir: Path
+    frame: pd.DataFrame
+    path_column: str
+    label_column: str
+    id_column: str | None
+
+    def ids(self) -> list[str]:
+        column = self.id_column or self.path_column
+        return [str(v) for v in self.frame[column]]
+
+
+@dataclass
+class Samples:
+    """Validated samples. Row ``i`` of ``table`` is sample ``i`` for the whole run.
+
+    ``table`` columns: ``sample_id`` (str), ``path`` (as written in the input), ``abs_path``,
+    ``label`` (given label, str), ``label_index`` (int), ``verified`` (bool: a trusted label
+    exists), ``trusted_label`` (str or ""), ``target`` (int: trusted label where verified, else
+    the given one), ``source`` ("dataset" or "trusted"), ``row`` (input row, -1 if none).
+    """
+
+    table: pd.DataFrame
+    classes: list[str]
+    input: InputTable
+    trusted_path: Path | None = None
+    label_values: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def sample_ids(self) -> list[str]:
+        return self.table["sample_id"].tolist()
+
+    @property
+    def targets(self) -> np.ndarray:
+        return np.array(self.table["target"], dtype=np.int64)
+
+    @property
+    def verified(self) -> np.ndarray:
+        return np.array(self.table["verified"], dtype=bool)
+
+    def subset(self, keep: np.ndarray) -> Samples:
+        table = self.table[keep].reset_index(drop=True)
+        return Samples(table, self.classes, self.input, self.trusted_path, self.label_values)
+
+
+def _problem(problems: list[str], message: str) -> None:
+    problems.append(message)
+
+
+def raise_problems(problems: list[str]) -> None:
+    """Raise one :class:`DataError` listing every problem (the first ten, then a count)."""
+    if not problems:
+        return
+    if len(problems) == 1:
+        raise DataError(problems[0])
+    lines = problems[:MAX_REPORTED]
+    more = len(problems) - len(lines)
+    text = f"{len(problems)} problems in the input:\n  " + "\n  ".join(lines)
+    if more:
+        text += f"\n  ... and {more} more"
+    raise DataError(text)
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def load_folder(root: Path) -> InputTable:
+    """Read an image folder: each sub-folder is a class, images at any depth below it."""
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{root}: expected one sub-folder per class, found no sub-folders")
+    rows: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for class_dir in class_dirs:
+        files = sorted(
+            p for p in class_dir.rglob("*") if p.is_file() and _is_image(p)
+        )
+        if not files:
+            _problem(problems, f"{class_dir}: class folder has no images (expected files ending "
+                     f"in {', '.join(sorted(IMAGE_SUFFIXES))})")
+        rows.extend((p.relative_to(root).as_posix(), class_dir.name) for p in files)
+    raise_problems(problems)
+    frame = pd.DataFrame(rows, columns=["path", "label"])
+    return InputTable("folder", root, root, frame, "path", "label", None)
+
+
+def load_manifest(
+    path: Path, path_column: str, label_column: str, id_column: str | None
+) -> InputTable:
+    """Read a CSV or Parquet manifest and check its columns, ids and values."""
+    frame = read_table(path)
+    kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
+    if kind == "csv" and path.suffix.lower() != ".csv":
+        raise DataError(f"{path}: expected a .csv or .parquet manifest, found {path.suffix!r}")
+    wanted = [path_column, label_column] + ([id_column] if id_column else [])
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns)) or "no columns"
+        raise DataError(
+            f"{path}: expected column(s) {', '.join(map(repr, missing))}, found {found} "
+            "(choose others with --path-column, --label-column, --id-column)"
+        )
+    if frame.empty:
+        raise DataError(f"{path}: expected at least one row, found none")
+    if id_column is None and "id" in frame.columns and path_column != "id":
+        id_column = "id"
+    problems: list[str] = []
+    for column in [path_column, label_column] + ([id_column] if id_column else []):
+        empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
+        for i in np.flatnonzero(empty.to_numpy()):
+            _problem(problems, f"{path} row {i + 1}: column {column!r} is empty")
+    key = id_column or path_column
+    keys = frame[key].astype(str)
+    dup = keys[keys.duplicated(keep=False)]
+    for value, rows in dup.groupby(dup).groups.items():
+        numbers = ", ".join(str(r + 1) for r in rows)
+        _problem(problems, f"{path}: duplicate {key} {value!r} in rows {numbers} "
+                 "(each row needs a unique id; add an id column or remove duplicates)")
+    raise_problems(problems)
+    return InputTable(kind, path, path.parent, frame, path_column, label_column, id_column)
+
+
+def load_input(
+    dataset: Path,
+    path_column: str = "path",
+    label_column: str = "label",
+    id_column: str | None = None,
+) -> InputTable:
+    """Read a dataset given as an image folder or a CSV/Parquet manifest."""
+    dataset = Path(dataset)
+    if not dataset.exists():
+        raise DataError(f"{dataset}: dataset not found (expected an image folder or a manifest)")
+    if dataset.is_dir():
+        return load_folder(dataset)
+    return load_manifest(dataset, path_column, label_column, id_column)
+
+
+def _resolve(base: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return os.path.normpath(path if path.is_absolute() else base / path)
+
+
+def _label_strings(series: pd.Series) -> list[str]:
+    """Labels as strings; integral floats (Parquet ints with NaN holes) lose their '.0'."""
+    out = []
+    for v in series:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        out.append(str(v).strip())
+    return out
+
+
+def load_samples(
+    dataset: Path,
+    trusted: Path | None = None,
+    path_column: str = "path",
+    label_column: str = "label",
+    id_column: str | None = None,
+) -> Samples:
+    """Read the dataset and the trusted set into one validated :class:`Samples` table."""
+    inp = load_input(Path(dataset), path_column, label_column, id_column)
+    labels = _label_strings(inp.frame[inp.label_column])
+    label_values = {}
+    for s, v in zip(labels, inp.frame[inp.label_column]):
+        label_values.setdefault(s, v)
+    classes = sorted(set(labels), key=_natural_key)
+    if len(classes) < 2:
+        raise DataError(
+            f"{inp.source}: expected at least 2 classes, found {len(classes)} ({', '.join(classes)})"
+        )
+    index = {c: i for i, c in enumerate(classes)}
+    paths = [str(v) for v in inp.frame[inp.path_column]]
+    table = pd.DataFrame(
+        {
+            "sample_id": inp.ids(),
+            "path": paths,
+            "abs_path": [_resolve(inp.base_dir, p) for p in paths],
+            "label": labels,
+            "label_index": [index[c] for c in labels],
+            "verified": False,
+            "trusted_label": "",
+            "source": "dataset",
+            "row": np.arange(len(paths)),
+        }
+    )
+    if trusted is not None:
+        table = _merge_trusted(table, Path(trusted), classes, inp)
+    table["target"] = [
+        index[t] if v else li
+        for t, v, li in zip(table["trusted_label"], table["verified"], table["label_index"])
+    ]
+    return Samples(table, classes, inp, Path(trusted) if trusted else None, label_values)
+
+
+def _merge_trusted(
+    table: pd.DataFrame, path: Path, classes: list[str], inp: InputTable
+) -> pd.DataFrame:
+    """Mark dataset rows that the trusted set verifies; add trusted rows not in the dataset."""
+    frame = read_table(path)
+    path_col = inp.path_column if inp.path_column in frame.columns else "path"
+    label_col = inp.label_column if inp.label_column in frame.columns else "label"
+    missing = [c for c in (path_col, label_col) if c not in frame.columns]
+    if missing:
+        found = ", ".join(map(str, frame.columns)) or "no columns"
+        raise DataError(
+            f"{path}: expected trusted-set column(s) {', '.join(map(repr, missing))}, found {found}"
+        )
+    id_col = inp.id_column if inp.id_column and inp.id_column in frame.columns else None
+    labels = _label_strings(frame[label_col])
+    problems: list[str] = []
+    known = set(classes)
+    by_id = {sid: i for i, sid in enumerate(table["sample_id"])}
+    by_path = {p: i for i, p in enumerate(table["abs_path"])}
+    table = table.copy()
+    seen: dict[int, str] = {}
+    extra = []
+    for r, (raw_path, label) in enumerate(zip(frame[path_col], labels)):
+        where = f"{path} row {r + 1}"
+        if label not in known:
+            _problem(problems, f"{where}: trusted label {label!r} is not a class of the dataset "
+                     f"(classes: {', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''})")
+            continue
+        if pd.isna(raw_path) or str(raw_path).strip() == "":
+            _problem(problems, f"{where}: column {path_col!r} is empty")
+            continue
+        abs_path = _resolve(path.parent, str(raw_path))
+        i = by_id.get(str(frame[id_col].iloc[r])) if id_col else None
+        if i is None:
+            i = by_path.get(abs_path)
+        if i is None:
+            extra.append((f"trusted:{raw_path}", str(raw_path), abs_path, label, r))
+            continue
+        if i in seen and seen[i] != label:
+            _problem(problems, f"{where}: sample {table.at[i, 'sample_id']!r} is trusted twice "
+                     f"with different labels ({seen[i]!r} and {label!r})")
+            continue
+        seen[i] = label
+        table.at[i, "verified"] = True
+        table.at[i, "trusted_label"] = label
+    raise_problems(problems)
+    if extra:
+        index = {c: i for i, c in enumerate(classes)}
+        rows = pd.DataFrame(
+            {
+                "sample_id": [e[0] for e in extra],
+                "path": [e[1] for e in extra],
+                "abs_path": [e[2] for e in extra],
+                "label": [e[3] for e in extra],
+                "label_index": [index[e[3]] for e in extra],
+                "verified": True,
+                "trusted_label": [e[3] for e in extra],
+                "source": "trusted",
+                "row": -1,
+            }
+        )
+        dup = rows["sample_id"].duplicated()
+        rows = rows[~dup]
+        table = pd.concat([table, rows], ignore_index=True)
+    return table
+
+
+def _natural_key(text: str) -> tuple:
+    """Sort "2" before "10" and keep text labels alphabetical."""
+    return (0, int(text), "") if text.isdigit() else (1, 0, text)

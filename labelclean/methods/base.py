@@ -1,0 +1,231 @@
+"""The interface every noisy-label method implements.
+
+A method is an object that owns its per-sample state and its extra networks. The shared loop in
+:mod:`labelclean.train.loop` calls it like this::
+
+    method.setup(ctx)                          # build tables, teachers, indexes
+    for epoch in range(start_epoch, epochs):
+        method.on_epoch_start(epoch)
+        for batch in batches(epoch):            # shuffled; batch.index are dataset rows
+            loss = method.training_step(batch)  # may run virtual steps, meta steps
+            loss.backward(); optimizer.step(); scheduler.step()
+            method.after_step(batch)            # e.g. EMA teacher update
+        method.on_epoch_end(epoch)
+        save checkpoint (model, optimizer, method.state_dict(), RNG)
+    evidence = method.evidence()                # per-sample suspicion and suggestion
+
+Per-sample state lives in tensors indexed by dataset row ``i``; row ``i`` is sample
+``ctx.sample_ids[i]`` for the whole run, and :meth:`state_dict` stores the ids so a resume
+against different data is refused. Batch position is never used as identity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from labelclean.config import RunConfig
+from labelclean.errors import ConfigError
+from labelclean.models import Backbone
+from labelclean.registry import Registry
+
+
+@dataclass
+class Batch:
+    """One training batch. ``index`` holds dataset rows (stable ids), never positions."""
+
+    index: torch.Tensor  # (B,) int64 dataset rows
+    x: torch.Tensor  # (B, 3, S, S) augmented, normalised view
+    y: torch.Tensor  # (B,) int64 training labels: the trusted label where verified, else given
+    verified: torch.Tensor  # (B,) bool
+    x2: torch.Tensor | None = None  # second augmented view, for methods with ``num_views = 2``
+
+
+@dataclass
+class TrainContext:
+    """What the loop hands a method in :meth:`Method.setup`."""
+
+    model: Backbone
+    num_classes: int
+    labels: torch.Tensor  # (N,) training labels by dataset row
+    verified: torch.Tensor  # (N,) bool by dataset row
+    sample_ids: list[str]
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    generator: torch.Generator
+    device: torch.device
+    config: RunConfig
+    load: Callable[[torch.Tensor, bool], torch.Tensor]  # (rows, augment) -> normalised images
+    notice: Callable[[str], None]
+    optimizer: torch.optim.Optimizer | None = None  # set by the loop after setup
+    step: int = 0
+    epoch: int = 0
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def progress(self) -> float:
+        """Fraction of training done, in [0, 1]."""
+        return self.step / max(1, self.total_steps)
+
+    @torch.no_grad()
+    def predict(self, rows: torch.Tensor | None = None, batch_size: int = 512) -> torch.Tensor:
+        """Softmax probabilities ``(len(rows), C)`` of the current model in eval mode."""
+        return self.forward_all(lambda x: self.model(x).softmax(1), rows, batch_size)
+
+    @torch.no_grad()
+    def forward_all(
+        self,
+        fn: Callable[[torch.Tensor], torch.Tensor],
+        rows: torch.Tensor | None = None,
+        batch_size: int = 512,
+    ) -> torch.Tensor:
+        """Apply ``fn`` to un-augmented images of ``rows`` (all rows by default), eval mode."""
+        rows = torch.arange(self.num_samples) if rows is None else rows
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            outs = [fn(self.load(rows[i : i + batch_size], False)).float().cpu()
+                    for i in range(0, len(rows), batch_size)]
+        finally:
+            self.model.train(was_training)
+        return torch.cat(outs) if outs else torch.empty(0)
+
+
+@dataclass
+class Evidence:
+    """A method's per-sample conclusions, by dataset row.
+
+    ``suspicion`` is in [0, 1]; higher means the given label is more likely wrong.
+    ``suggested`` is a class index. ``belief`` is the method's class distribution ``(N, C)``
+    behind the suggestion. ``columns`` are extra per-sample evidence columns (named
+    ``<method>_<what>``). ``transition`` is a ``(C, C)`` matrix, rows = true class,
+    columns = given label, rows summing to 1, when the method learns one.
+    """
+
+    suspicion: np.ndarray
+    suggested: np.ndarray
+    belief: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    transition: np.ndarray | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class. Subclasses set ``name``, override :meth:`training_step` and :meth:`evidence`."""
+
+    name: ClassVar[str] = ""
+    needs_trusted: ClassVar[bool] = False
+    num_views: ClassVar[int] = 1
+
+    def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.default_options()))
+        if unknown:
+            raise ConfigError(
+                f"method {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(self.default_options())) or 'none'}"
+            )
+        self.options = {**self.default_options(), **options}
+        self.ctx: TrainContext | None = None
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {}
+
+    @property
+    def context(self) -> TrainContext:
+        if self.ctx is None:
+            raise RuntimeError("method used before setup()")
+        return self.ctx
+
+    def setup(self, ctx: TrainContext) -> None:
+        self.ctx = ctx
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters the loop's optimizer updates (the model's, by default)."""
+        return list(self.context.model.parameters())
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def training_step(self, batch: Batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def after_step(self, batch: Batch) -> None:
+        pass
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    def evidence(self) -> Evidence:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sample_ids": list(self.context.sample_ids)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("sample_ids") != list(self.context.sample_ids):
+            raise ConfigError("checkpoint was made for different samples; start a new run")
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+class Dynamics:
+    """Running per-sample class probabilities from the training forward passes.
+
+    Each time a sample is visited, the softmax of the logits the loop computed *before* that
+    batch's update is added to a per-row sum. The mean over visits is a cheap, largely
+    out-of-sample belief: every visit precedes the update on that sample, and averaging over
+    the run weighs the early epochs, before the network memorises wrong labels, as much as the
+    late ones.
+    """
+
+    def __init__(self, num_samples: int, num_classes: int) -> None:
+        self.sum = torch.zeros(num_samples, num_classes, dtype=torch.float64)
+        self.count = torch.zeros(num_samples, dtype=torch.float64)
+
+    def update(self, rows: torch.Tensor, logits: torch.Tensor) -> None:
+        probs = logits.detach().float().softmax(1).double().cpu()
+        self.sum.index_add_(0, rows.cpu(), probs)
+        self.count.index_add_(0, rows.cpu(), torch.ones(len(rows), dtype=torch.float64))
+
+    def mean(self) -> torch.Tensor:
+        """``(N, C)`` mean probabilities; uniform for rows never visited."""
+        c = self.sum.shape[1]
+        out = self.sum / self.count.clamp_min(1)[:, None]
+        out[self.count == 0] = 1.0 / c
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"sum": self.sum.clone(), "count": self.count.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.sum.copy_(state["sum"])
+        self.count.copy_(state["count"])
+
+
+def belief_evidence(belief: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Suspicion ``1 - belief[i, label_i]`` and suggestion ``argmax belief[i]``.
+
+    ``belief`` is ``(N, C)`` with rows summing to 1; returns numpy arrays ``(N,)``.
+    """
+    p_given = belief.gather(1, labels.view(-1, 1).to(belief.device)).squeeze(1)
+    suspicion = (1.0 - p_given).clamp(0.0, 1.0)
+    return suspicion.double().cpu().numpy(), belief.argmax(1).cpu().numpy()
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``-sum_c target_c log softmax(logits)_c``."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()

@@ -1,0 +1,5 @@
+"""Backbones: feature extractor plus a linear head, from a strict registry."""
+
+from labelclean.models.backbones import BACKBONES, Backbone, build_backbone
+
+__all__ = ["BACKBONES", "Backbone", "build_backbone"]

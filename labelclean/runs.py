@@ -1,0 +1,60 @@
+"""Reading a finished run folder back: scores, summary, config and the corrected manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from labelclean.config import RunConfig
+from labelclean.errors import DataError
+from labelclean.io import read_table
+
+
+@dataclass
+class Run:
+    path: Path
+    config: RunConfig
+    summary: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: Path) -> Run:
+        path = Path(path)
+        if not (path / "summary.json").is_file() or not (path / "config.json").is_file():
+            raise DataError(
+                f"{path}: expected a finished audit run folder (with summary.json and "
+                "config.json), found none; run 'labelclean audit' first"
+            )
+        try:
+            summary = json.loads((path / "summary.json").read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path / 'summary.json'}: not valid JSON ({exc})") from None
+        return cls(path, RunConfig.load(path / "config.json"), summary)
+
+    def scores(self) -> pd.DataFrame:
+        parquet = self.path / "scores.parquet"
+        if parquet.is_file():
+            return pd.read_parquet(parquet)
+        return read_table(self.path / "scores.csv")
+
+    def corrected_path(self) -> Path:
+        for name in ("corrected.parquet", "corrected.csv"):
+            if (self.path / name).is_file():
+                return self.path / name
+        raise DataError(f"{self.path}: corrected manifest not found (expected corrected.csv or .parquet)")
+
+    def corrected(self) -> pd.DataFrame:
+        return read_table(self.corrected_path())
+
+    def label_values(self) -> dict[str, Any]:
+        """Class name -> the label value as the input wrote it (e.g. ints in Parquet)."""
+        frame = self.corrected()
+        column = self.config.label_column if self.summary.get("input_kind") != "folder" else "label"
+        out: dict[str, Any] = {}
+        for v in frame[column]:
+            key = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()
+            out.setdefault(key, v.item() if hasattr(v, "item") else v)
+        return out

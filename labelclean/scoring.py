@@ -1,0 +1,141 @@
+"""From a method's evidence to ranked suspects, a derived threshold and a decision per sample.
+
+The flag threshold is derived from the data, not fixed: a two-component Gaussian mixture is
+fitted (EM) to ``logit(suspicion)`` of the unverified samples, one component for labels the
+model agrees with and one for labels it doubts (the approach DivideMix takes with per-sample
+losses). ``P(doubtful | suspicion)`` is the posterior of the high component. A sample is
+flagged (``is_suspect``) when that posterior is at least 0.5; its label is proposed for
+automatic relabelling (``action = "relabel"``) only when the posterior is at least 0.9 and the
+suggestion differs from the given label, otherwise a flagged sample is sent to ``review``.
+The estimated noise rate is the mean posterior, overall and per given class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+FLAG_POSTERIOR = 0.5
+RELABEL_POSTERIOR = 0.9
+_EPS = 1e-4
+
+
+@dataclass
+class Mixture:
+    """A two-component 1-D Gaussian mixture over ``logit(suspicion)``; component 1 is "doubtful"."""
+
+    weights: np.ndarray  # (2,)
+    means: np.ndarray  # (2,)
+    stds: np.ndarray  # (2,)
+
+    def posterior(self, suspicion: np.ndarray) -> np.ndarray:
+        """``P(doubtful | suspicion)``, made non-decreasing in suspicion.
+
+        A wide clean component can out-weigh a narrow doubtful one far in the upper tail; the
+        posterior is taken as the running maximum over sorted suspicion so that a more
+        suspicious sample is never judged less likely to be wrong.
+        """
+        z = _logit(suspicion)
+        logp = np.stack([
+            np.log(w) - np.log(s) - 0.5 * ((z - m) / s) ** 2
+            for w, m, s in zip(self.weights, self.means, self.stds)
+        ])
+        logp -= logp.max(0)
+        p = np.exp(logp)
+        post = p[1] / p.sum(0)
+        post = np.where(z >= self.means[0], post, 0.0)
+        order = np.argsort(z, kind="stable")
+        out = np.empty_like(post)
+        out[order] = np.maximum.accumulate(post[order])
+        return out
+
+
+def _logit(s: np.ndarray) -> np.ndarray:
+    s = np.clip(np.asarray(s, dtype=np.float64), _EPS, 1 - _EPS)
+    return np.log(s) - np.log1p(-s)
+
+
+def fit_mixture(suspicion: np.ndarray, iterations: int = 200) -> Mixture | None:
+    """Fit the two-component mixture by EM; ``None`` when the scores do not separate."""
+    z = _logit(suspicion)
+    if len(z) < 4 or np.ptp(z) < 1e-6:
+        return None
+    lo, hi = np.quantile(z, [0.25, 0.95])
+    means = np.array([lo, hi])
+    floor = max(1e-3, 0.01 * float(np.std(z)))
+    stds = np.array([np.std(z), np.std(z)]) + floor
+    weights = np.array([0.8, 0.2])
+    for _ in range(iterations):
+        logp = np.stack([
+            np.log(w) - np.log(s) - 0.5 * ((z - m) / s) ** 2
+            for w, m, s in zip(weights, means, stds)
+        ])
+        logp -= logp.max(0)
+        r = np.exp(logp)
+        r /= r.sum(0)
+        nk = r.sum(1) + 1e-12
+        new_means = (r * z).sum(1) / nk
+        stds = np.sqrt((r * (z - new_means[:, None]) ** 2).sum(1) / nk) + floor
+        weights = np.clip(nk / len(z), 1e-6, 1.0)
+        if np.allclose(new_means, means, atol=1e-7):
+            means = new_means
+            break
+        means = new_means
+    if means[1] < means[0]:
+        means, stds, weights = means[::-1], stds[::-1], weights[::-1]
+    if means[1] - means[0] < 1e-3:
+        return None
+    return Mixture(weights.copy(), means.copy(), stds.copy())
+
+
+@dataclass
+class Decision:
+    """Per-sample outcome over the rows scored (verified rows are handled by the caller)."""
+
+    posterior: np.ndarray  # P(label wrong | suspicion)
+    is_suspect: np.ndarray
+    relabel: np.ndarray
+    threshold: float
+    relabel_threshold: float
+    threshold_method: str
+
+
+def decide(
+    suspicion: np.ndarray,
+    suggested: np.ndarray,
+    given: np.ndarray,
+    threshold: float | None = None,
+) -> Decision:
+    """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold."""
+    mixture = fit_mixture(suspicion)
+    if mixture is not None:
+        posterior = mixture.posterior(suspicion)
+        method = "mixture"
+    else:
+        posterior = np.zeros_like(suspicion, dtype=np.float64)
+        method = "mixture (no separation: nothing flagged)"
+    flag_t = _crossing(suspicion, posterior, FLAG_POSTERIOR)
+    relabel_t = _crossing(suspicion, posterior, RELABEL_POSTERIOR)
+    if threshold is not None:
+        flag_t, method = float(threshold), "user"
+        relabel_t = max(relabel_t, flag_t)
+    is_suspect = suspicion >= flag_t
+    relabel = is_suspect & (suspicion >= relabel_t) & (suggested != given)
+    return Decision(posterior, is_suspect, relabel, flag_t, relabel_t, method)
+
+
+def _crossing(suspicion: np.ndarray, posterior: np.ndarray, level: float) -> float:
+    """The smallest suspicion whose posterior reaches ``level`` (1.0 if none does)."""
+    hits = suspicion[posterior >= level]
+    return float(hits.min()) if hits.size else 1.0
+
+
+def transition_from_labels(true: np.ndarray, given: np.ndarray, num_classes: int) -> np.ndarray:
+    """``T[i, j] = P(given = j | true = i)`` from label pairs; rows with no samples are identity."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.float64)
+    np.add.at(counts, (true, given), 1.0)
+    rows = counts.sum(1, keepdims=True)
+    out = np.divide(counts, rows, out=np.zeros_like(counts), where=rows > 0)
+    out[rows[:, 0] == 0] = np.eye(num_classes)[rows[:, 0] == 0]
+    return out

@@ -1,0 +1,209 @@
+"""The training loop shared by every method.
+
+SGD with momentum, a linear warm-up over the first epoch and cosine decay to zero, computed
+from the step count (so a resumed run continues on the same schedule). Images come from the
+uint8 pixel cache, are augmented per batch (:mod:`labelclean.train.augment`) and normalised.
+A checkpoint (model, optimizer, method state, RNG) is written atomically after every epoch;
+``resume`` continues from it. All randomness after model initialisation comes from one
+``torch.Generator`` seeded from ``config.seed`` and saved in the checkpoint, so a run is
+deterministic given the seed, and a resumed run matches an uninterrupted one.
+
+Where each method hook fires is documented in :mod:`labelclean.methods.base`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from labelclean.config import RunConfig
+from labelclean.errors import ConfigError, LabelcleanError
+from labelclean.io import atomic_write
+from labelclean.methods.base import Batch, Evidence, Method, TrainContext
+from labelclean.models import Backbone, build_backbone
+from labelclean.progress import Reporter
+from labelclean.train.augment import augment
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainResult:
+    model: Backbone
+    evidence: Evidence
+    epochs: int
+    steps: int
+    seconds: float
+    images_seen: int
+    resumed_from_epoch: int
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images_seen / max(self.seconds, 1e-9)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available on this machine")
+    return torch.device(name)
+
+
+def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay from ``base`` to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _normalisation(model: Backbone, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if model.mean is not None and model.std is not None:
+        return torch.tensor(model.mean), torch.tensor(model.std)
+    x = pixels.float() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return mean, std
+
+
+def train(
+    config: RunConfig,
+    pixels: torch.Tensor,
+    labels: torch.Tensor,
+    verified: torch.Tensor,
+    sample_ids: list[str],
+    num_classes: int,
+    method: Method,
+    run_dir: Path,
+    reporter: Reporter,
+) -> TrainResult:
+    """Train ``method`` on ``pixels`` (``(N, 3, S, S)`` uint8) and return its evidence."""
+    assert config.epochs is not None and config.batch_size is not None
+    device = resolve_device(config.device)
+    n = len(labels)
+    torch.manual_seed(config.seed)
+    model = build_backbone(config.backbone, num_classes, config.weights).to(device)
+    memory_format = torch.channels_last if model.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    mean, std = _normalisation(model, pixels)
+    mean, std = mean.view(1, 3, 1, 1).to(device), std.view(1, 3, 1, 1).to(device)
+    generator = torch.Generator().manual_seed(config.seed)
+
+    def load(rows: torch.Tensor, augmented: bool) -> torch.Tensor:
+        x = pixels[rows.cpu()]
+        if augmented:
+            x = augment(x, config.augment, generator)
+        x = x.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
+        return x.contiguous(memory_format=memory_format)
+
+    batch_size = min(config.batch_size, n)
+    steps_per_epoch = max(1, n // batch_size)
+    ctx = TrainContext(
+        model=model, num_classes=num_classes, labels=labels.to(device),
+        verified=verified.to(device), sample_ids=sample_ids, epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch, batch_size=batch_size, generator=generator,
+        device=device, config=config, load=load, notice=reporter.notice,
+    )
+    method.setup(ctx)
+    optimizer = torch.optim.SGD(
+        method.parameters(), lr=config.lr, momentum=config.momentum,
+        weight_decay=config.weight_decay,
+    )
+    ctx.optimizer = optimizer
+    total = config.epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, total // 10)
+
+    start_epoch = 0
+    checkpoint = run_dir / CHECKPOINT
+    if config.resume and checkpoint.is_file():
+        start_epoch = _load_checkpoint(checkpoint, config, model, optimizer, method, generator)
+        reporter.notice(f"resuming from {checkpoint} after epoch {start_epoch}")
+    elif config.resume:
+        reporter.notice(f"--resume: no checkpoint in {run_dir}; starting from the beginning")
+    ctx.step = start_epoch * steps_per_epoch
+
+    started = time.perf_counter()
+    seen = 0
+    model.train()
+    with reporter.task(f"training ({method.name})", total - ctx.step) as advance:
+        for epoch in range(start_epoch, config.epochs):
+            ctx.epoch = epoch
+            method.on_epoch_start(epoch)
+            order = torch.randperm(n, generator=generator)
+            for s in range(steps_per_epoch):
+                rows = order[s * batch_size : (s + 1) * batch_size]
+                batch = Batch(
+                    index=rows, x=load(rows, True), y=ctx.labels[rows.to(device)],
+                    verified=ctx.verified[rows.to(device)],
+                    x2=load(rows, True) if method.num_views > 1 else None,
+                )
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(config.lr, ctx.step, total, warmup)
+                loss = method.training_step(batch)
+                if not torch.isfinite(loss):
+                    raise LabelcleanError(
+                        f"training diverged at epoch {epoch + 1}, step {s + 1} "
+                        f"(loss {loss.item()}); try a lower --lr"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                method.after_step(batch)
+                ctx.step += 1
+                seen += len(rows)
+                advance(1)
+            method.on_epoch_end(epoch)
+            _save_checkpoint(checkpoint, config, model, optimizer, method, generator, epoch + 1)
+    seconds = time.perf_counter() - started
+    model.eval()
+    evidence = method.evidence()
+    return TrainResult(model, evidence, config.epochs, total, seconds, seen, start_epoch)
+
+
+def _save_checkpoint(
+    path: Path,
+    config: RunConfig,
+    model: Backbone,
+    optimizer: torch.optim.Optimizer,
+    method: Method,
+    generator: torch.Generator,
+    epoch: int,
+) -> None:
+    state = {
+        "fingerprint": config.fingerprint(),
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "method": method.state_dict(),
+        "generator": generator.get_state(),
+    }
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def _load_checkpoint(
+    path: Path,
+    config: RunConfig,
+    model: Backbone,
+    optimizer: torch.optim.Optimizer,
+    method: Method,
+    generator: torch.Generator,
+) -> int:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise LabelcleanError(f"{path}: cannot read checkpoint ({exc}); start a new run") from None
+    if state.get("fingerprint") != config.fingerprint():
+        raise ConfigError(
+            f"{path}: checkpoint was made with different settings; resume with the same "
+            "dataset and options, or choose a new --out"
+        )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    method.load_state_dict(state["method"])
+    generator.set_state(state["generator"])
+    return int(state["epoch"])
