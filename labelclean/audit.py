@@ -17,7 +17,7 @@ from PIL import Image
 
 from labelclean import __version__
 from labelclean.config import RunConfig
-from labelclean.data.dataset import Samples, load_samples, raise_problems
+from labelclean.data.dataset import Samples, label_text, load_samples, raise_problems
 from labelclean.data.images import decode_images
 from labelclean.errors import ConfigError, DataError
 from labelclean.io import write_json, write_table
@@ -228,7 +228,7 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
     write_table(run_dir / "scores.csv", scores)
     write_table(run_dir / "scores.parquet", scores)
     write_table(run_dir / "transition_matrix.csv", transition.reset_index())
-    corrected_name = _write_corrected(all_samples, scores, run_dir)
+    corrected_name = _write_corrected(samples, scores, run_dir)
 
     summary = {
         "labelclean_version": __version__,
@@ -334,20 +334,24 @@ def _score(
 
 
 def _write_corrected(samples: Samples, scores: pd.DataFrame, run_dir: Path) -> str:
-    """Every input row and column, plus suggestion, suspicion, flag and action."""
+    """Every input row and column, plus suggestion, suspicion, flag and action.
+
+    ``samples`` are the scored samples; input rows missing from them (unreadable images) are
+    kept with action ``skipped``.
+    """
     inp = samples.input
     frame = inp.frame.copy()
     frame[inp.path_column] = rewrite_paths(frame[inp.path_column].astype(object), inp.base_dir, run_dir)
     names = added_names(list(frame.columns))
-    by_row = scores.assign(_row=samples.table["row"].to_numpy()).set_index("_row")
-    rows = np.arange(len(frame))
-    known = np.isin(rows, by_row.index.to_numpy())
-    labels = samples.table.set_index("row")["label"].reindex(rows)
-    pick = by_row.reindex(rows)
-    frame[names[SUGGESTED]] = np.where(known, pick[SUGGESTED], labels)
+    dataset = (samples.table["source"] == "dataset").to_numpy()
+    pick = scores[dataset].set_index(samples.table.loc[dataset, "row"].to_numpy()).reindex(
+        np.arange(len(frame)))
+    known = pick[SAMPLE_ID].notna().to_numpy()
+    given = frame[inp.label_column].map(label_text).to_numpy()
+    frame[names[SUGGESTED]] = np.where(known, pick[SUGGESTED].to_numpy(), given)
     frame[names[SUSPICION]] = pick[SUSPICION].to_numpy()
-    frame[names[IS_SUSPECT]] = pick[IS_SUSPECT].fillna(False).astype(bool).to_numpy()
-    frame[names[ACTION]] = np.where(known, pick[ACTION], "skipped")
+    frame[names[IS_SUSPECT]] = np.where(known, pick[IS_SUSPECT].to_numpy(), False).astype(bool)
+    frame[names[ACTION]] = np.where(known, pick[ACTION].to_numpy(), "skipped")
     name = "corrected.parquet" if inp.kind == "parquet" else "corrected.csv"
     write_table(run_dir / name, frame)
     return name

@@ -161,28 +161,15 @@ def methods() -> None:
 
 
 def main() -> None:
-    """Console entry point: run the app and turn known errors into one line and exit code 1."""
+    """Console entry point: usage errors exit 2 (Typer); data and user errors one line, exit 1."""
     try:
-        app(standalone_mode=False)
+        app()
     except LabelcleanError as exc:
         _fail(str(exc), 1, exc)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(1)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and unexpected failures
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            exc.show(file=sys.stderr)
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show(file=sys.stderr)
-            sys.exit(exc.exit_code)
+    except Exception as exc:  # a bug: still one line, with a way to see the details
         _fail(f"unexpected {type(exc).__name__}: {exc} (set LABELCLEAN_DEBUG=1 for details)", 1, exc)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from labelclean.data.dataset import label_text
 from labelclean.errors import ConfigError
 from labelclean.io import write_table
 
@@ -89,7 +90,7 @@ def apply_policy(
     if policy == "drop":
         return corrected.loc[~flagged.to_numpy(), own].reset_index(drop=True), int(flagged.sum())
     suggested = corrected[names[SUGGESTED]].astype(str)
-    given = corrected[label_column].map(_label_text)
+    given = corrected[label_column].map(label_text)
     change = action.isin(["relabel", "verified"])
     if threshold is not None:
         change |= flagged
@@ -100,12 +101,6 @@ def apply_policy(
         out[label_column] = out[label_column].astype(object)
         out.loc[change.to_numpy(), label_column] = new_values.to_numpy()
     return out, int(change.sum())
-
-
-def _label_text(v: object) -> str:
-    if isinstance(v, float) and v.is_integer():
-        v = int(v)
-    return str(v).strip()
 
 
 def write_manifest(frame: pd.DataFrame, dest: Path, fmt: str) -> Path:

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from labelclean.config import RunConfig
+from labelclean.data.dataset import label_text
 from labelclean.errors import DataError
 from labelclean.io import read_table
 
@@ -55,6 +56,5 @@ class Run:
         column = self.config.label_column if self.summary.get("input_kind") != "folder" else "label"
         out: dict[str, Any] = {}
         for v in frame[column]:
-            key = str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip()
-            out.setdefault(key, v.item() if hasattr(v, "item") else v)
+            out.setdefault(label_text(v), v.item() if hasattr(v, "item") else v)
         return out

@@ -183,14 +183,15 @@ def _resolve(base: Path, value: str) -> str:
     return os.path.normpath(path if path.is_absolute() else base / path)
 
 
+def label_text(value: object) -> str:
+    """A label value as a class name: integral floats (Parquet ints with NaN holes) lose '.0'."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
 def _label_strings(series: pd.Series) -> list[str]:
-    """Labels as strings; integral floats (Parquet ints with NaN holes) lose their '.0'."""
-    out = []
-    for v in series:
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        out.append(str(v).strip())
-    return out
+    return [label_text(v) for v in series]
 
 
 def load_samples(

@@ -1,0 +1,179 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from labelclean import RunConfig, audit
+from labelclean.methods.ce import CrossEntropy
+from tests.conftest import FAST, tree_digest
+
+
+def _config(tiny, tmp_path, **kw):
+    base = dict(dataset=str(tiny.csv), trusted=str(tiny.trusted), out=str(tmp_path / "run"),
+                backbone="test_tiny", epochs=4, batch_size=12, lr=0.1, image_size=12)
+    return RunConfig(**{**base, **kw})
+
+
+def test_flipped_samples_rank_above_clean_ones(tiny, tmp_path):
+    result = audit(_config(tiny, tmp_path, epochs=6))
+    s = result.scores[~result.scores["verified"]]
+    flipped = s["sample_id"].isin(tiny.flipped)
+    assert s.loc[flipped, "suspicion"].min() > s.loc[~flipped, "suspicion"].quantile(0.9)
+    top = s.sort_values("rank").head(len(tiny.flipped))
+    assert top["sample_id"].isin(tiny.flipped).sum() >= len(tiny.flipped) - 1
+    truth = tiny.truth.set_index("id")["true"]
+    fixed = s.loc[flipped]
+    assert (fixed["suggested_label"] == truth[fixed["sample_id"]].to_numpy()).all()
+
+
+def test_same_seed_same_scores_and_other_seed_differs(tiny, tmp_path):
+    a = audit(_config(tiny, tmp_path, out=str(tmp_path / "a"))).scores
+    b = audit(_config(tiny, tmp_path, out=str(tmp_path / "b"))).scores
+    c = audit(_config(tiny, tmp_path, out=str(tmp_path / "c"), seed=1)).scores
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["suspicion"], c["suspicion"])
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tiny, tmp_path, monkeypatch):
+    full = audit(_config(tiny, tmp_path, out=str(tmp_path / "full"))).scores
+
+    original = CrossEntropy.on_epoch_start
+
+    def crash(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    monkeypatch.setattr(CrossEntropy, "on_epoch_start", crash)
+    with pytest.raises(KeyboardInterrupt):
+        audit(_config(tiny, tmp_path, out=str(tmp_path / "cut")))
+    monkeypatch.setattr(CrossEntropy, "on_epoch_start", original)
+    resumed = audit(_config(tiny, tmp_path, out=str(tmp_path / "cut"), resume=True))
+    assert resumed.summary["resumed_from_epoch"] == 2
+    pd.testing.assert_frame_equal(full, resumed.scores)
+
+
+def test_resume_with_other_settings_is_refused(tiny, tmp_path):
+    audit(_config(tiny, tmp_path, epochs=1))
+    with pytest.raises(Exception, match="different settings"):
+        audit(_config(tiny, tmp_path, epochs=1, lr=0.2, resume=True))
+
+
+def test_outputs_keep_every_row_and_column_and_inputs_are_untouched(tiny, tmp_path):
+    Image.new("RGB", (3, 3)).save(tiny.root / "cat" / "s000.png")  # still fine
+    (tiny.root / "dog" / "s020.png").write_bytes(b"broken")  # one corrupt image of 48
+    before = tree_digest(tiny.root.parent)
+    result = audit(_config(tiny, tmp_path))
+    assert tree_digest(tiny.root.parent) == before
+    run = result.run_dir
+    corrected = pd.read_csv(run / "corrected.csv", dtype=str, keep_default_na=False)
+    original = pd.read_csv(tiny.csv, dtype=str, keep_default_na=False)
+    assert len(corrected) == len(original)
+    for column in original.columns.drop("path"):
+        assert (corrected[column] == original[column]).all()
+    assert corrected.loc[corrected["id"] == "s020", "action"].item() == "skipped"
+    assert (run / corrected["path"].iloc[0]).resolve() == (tiny.csv.parent / original["path"].iloc[0]).resolve()
+    skipped = pd.read_csv(run / "skipped.csv")
+    assert skipped["sample_id"].tolist() == ["s020"] and skipped["row"].tolist() == [21]
+    scores = pd.read_parquet(run / "scores.parquet")
+    assert list(scores.columns[:10]) == ["sample_id", "path", "given_label", "suggested_label",
+                                         "suspicion", "is_suspect", "rank", "action", "verified", "p_wrong"]
+    assert "ce_suspicion" in scores.columns
+    assert scores["suspicion"].between(0, 1).all()
+    assert not scores.loc[scores["verified"], "is_suspect"].any()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["skipped"] == 1 and summary["verified"] == 6
+    assert 0 < summary["threshold"] <= 1 and summary["threshold_method"] in ("mixture", "mixture (no separation: nothing flagged)")
+    assert summary["flagged"] == int(scores["is_suspect"].sum())
+    assert RunConfig.load(run / "config.json").epochs == 4
+    t = pd.read_csv(run / "transition_matrix.csv", index_col=0)
+    assert np.allclose(t.sum(1), 1.0)
+
+
+def test_parquet_input_gives_parquet_corrected_manifest(tiny, tmp_path):
+    result = audit(_config(tiny, tmp_path, dataset=str(tiny.parquet), epochs=1))
+    corrected = pd.read_parquet(result.run_dir / "corrected.parquet")
+    assert corrected["score"].dtype == np.float64
+    assert list(corrected.columns[:5]) == ["id", "path", "label", "note", "score"]
+
+
+def test_strict_makes_one_bad_image_an_error_and_many_always_are(tiny, tmp_path):
+    (tiny.root / "dog" / "s020.png").write_bytes(b"broken")
+    with pytest.raises(Exception, match=r"s020.png \(manifest.csv row 21\): not a readable image"):
+        audit(_config(tiny, tmp_path, strict=True))
+    for name in ("s021", "s022", "s023"):
+        (tiny.root / "dog" / f"{name}.png").unlink()
+    with pytest.raises(Exception, match="4 of 48 images unreadable"):
+        audit(_config(tiny, tmp_path, out=str(tmp_path / "r2")))
+
+
+def test_cli_audit_review_export_round_trip(tiny, tmp_path, cli):
+    run = tmp_path / "run"
+    code, out, err = cli("audit", tiny.root, "--trusted", tiny.trusted, "--out", run, *FAST)
+    assert code == 0, err
+    assert "flagged" in out and "top" in out
+    code, out, _ = cli("review", run, "--format", "json", "--all", "--top", "5")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == 5
+    assert [r["suspicion"] for r in rows] == sorted((r["suspicion"] for r in rows), reverse=True)
+    code, out, _ = cli("review", run, "--class", "cat", "--all", "--format", "json", "--top", "0")
+    assert {r["given_label"] for r in json.loads(out)} == {"cat"}
+
+    code, out, err = cli("export", run, "--policy", "relabel", "--format", "parquet", "--out", tmp_path / "fixed.parquet")
+    assert code == 0, err
+    fixed = pd.read_parquet(tmp_path / "fixed.parquet")
+    assert list(fixed.columns) == ["path", "label"]
+    corrected = pd.read_csv(run / "corrected.csv", dtype=str)
+    relabel = corrected["action"] == "relabel"
+    assert (fixed.loc[relabel.to_numpy(), "label"].to_numpy() == corrected.loc[relabel, "suggested_label"].to_numpy()).all()
+    assert (fixed.loc[~relabel.to_numpy() & (corrected["action"] != "verified").to_numpy(), "label"].to_numpy()
+            == corrected.loc[~relabel & (corrected["action"] != "verified"), "label"].to_numpy()).all()
+    # The export can be audited again as it is.
+    code, _, err = cli("audit", tmp_path / "fixed.parquet", "--out", tmp_path / "again", *FAST)
+    assert code == 0, err
+
+    code, _, _ = cli("export", run, "--policy", "drop", "--format", "jsonl", "--out", tmp_path / "kept.jsonl")
+    kept = pd.read_json(tmp_path / "kept.jsonl", lines=True)
+    assert len(kept) == len(corrected) - (corrected["is_suspect"] == "True").sum()
+    code, _, _ = cli("export", run, "--policy", "flag", "--threshold", "0.5", "--out", tmp_path / "flag.csv")
+    assert "suspicion" in pd.read_csv(tmp_path / "flag.csv").columns
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["audit", "{tmp}/missing"], 1, "dataset not found"),
+        (["audit", "{csv}", "--method", "nope"], 1, "unknown method 'nope'"),
+        (["audit", "{csv}", "--image-size", "2"], 1, "--image-size: expected at least 8"),
+        (["audit", "{csv}", "--label-column", "klass"], 1, "expected column(s) 'klass'"),
+        (["audit", "{csv}", "--epochs", "many"], 2, "Invalid value"),
+        (["audit"], 2, "Missing argument"),
+        (["review", "{tmp}"], 1, "expected a finished audit run folder"),
+        (["export", "{tmp}", "--policy", "burn"], 1, "expected a finished audit run folder"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_codes(tiny, tmp_path, cli, args, code, message):
+    args = [a.format(tmp=tmp_path, csv=tiny.csv) for a in args]
+    got, out, err = cli(*args)
+    assert got == code
+    assert message in err
+    assert "Traceback" not in err
+    if code == 1:
+        assert len(err.strip().splitlines()) == 1
+
+
+def test_no_trusted_set_says_so_once(tiny, tmp_path, cli):
+    code, out, err = cli("audit", tiny.csv, "--out", tmp_path / "r", *FAST)
+    assert code == 0
+    assert err.count("no trusted set given") == 1
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["verified"] == 0 and "no trusted set" in summary["notes"][0]
+
+
+def test_existing_run_folder_needs_resume_or_overwrite(tiny, tmp_path, cli):
+    assert cli("audit", tiny.csv, "--out", tmp_path / "r", *FAST)[0] == 0
+    code, _, err = cli("audit", tiny.csv, "--out", tmp_path / "r", *FAST)
+    assert code == 1 and "holds an earlier run" in err
+    assert cli("audit", tiny.csv, "--out", tmp_path / "r", "--overwrite", *FAST)[0] == 0

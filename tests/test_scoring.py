@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+import torch
+
+from labelclean.metrics import auroc, average_precision, detection_metrics, precision_recall_f1
+from labelclean.scoring import decide, fit_mixture, transition_from_labels
+from labelclean.train.augment import random_crop_flip
+from labelclean.train.loop import learning_rate
+
+
+def _bimodal(n_clean=900, n_noisy=100, seed=0):
+    rng = np.random.default_rng(seed)
+    clean = 1 / (1 + np.exp(-rng.normal(-4, 1.0, n_clean)))
+    noisy = 1 / (1 + np.exp(-rng.normal(3, 1.0, n_noisy)))
+    return np.concatenate([clean, noisy]), np.r_[np.zeros(n_clean, bool), np.ones(n_noisy, bool)]
+
+
+def test_mixture_threshold_separates_two_populations_and_tracks_their_size():
+    s, noisy = _bimodal()
+    suggested = np.where(noisy, 1, 0)
+    d = decide(s, suggested, np.zeros(len(s), int))
+    assert d.threshold_method == "mixture"
+    assert abs(int(d.is_suspect.sum()) - int(noisy.sum())) <= 5
+    assert precision_recall_f1(d.is_suspect, noisy)["f1"] > 0.97
+    assert d.relabel_threshold >= d.threshold
+    assert (d.relabel <= d.is_suspect).all()
+
+
+def test_posterior_never_decreases_with_suspicion():
+    s, _ = _bimodal(seed=3)
+    post = fit_mixture(s).posterior(s)
+    order = np.argsort(s)
+    assert (np.diff(post[order]) >= -1e-12).all()
+
+
+def test_no_separation_flags_nothing_and_user_threshold_wins():
+    s = np.full(50, 0.3)
+    d = decide(s, np.zeros(50, int), np.zeros(50, int))
+    assert not d.is_suspect.any()
+    d = decide(s, np.ones(50, int), np.zeros(50, int), threshold=0.2)
+    assert d.is_suspect.all() and d.threshold_method == "user"
+
+
+def test_relabel_needs_a_different_suggestion():
+    s, noisy = _bimodal()
+    d = decide(s, np.zeros(len(s), int), np.zeros(len(s), int))
+    assert d.is_suspect.any() and not d.relabel.any()
+
+
+def test_transition_rows_sum_to_one_and_empty_rows_are_identity():
+    t = transition_from_labels(np.array([0, 0, 0, 1]), np.array([0, 1, 1, 1]), 3)
+    assert np.allclose(t, [[1 / 3, 2 / 3, 0], [0, 1, 0], [0, 0, 1]])
+
+
+def test_metrics_match_hand_computed_values():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    positive = np.array([True, False, True, False, False])
+    # positives at ranks 1 and 3: AP = (1/1 + 2/3) / 2
+    assert average_precision(scores, positive) == pytest.approx((1 + 2 / 3) / 2)
+    # pairs (pos > neg): 0.9 beats 3 negatives, 0.7 beats 2 -> 5 of 6
+    assert auroc(scores, positive) == pytest.approx(5 / 6)
+    assert auroc(np.ones(4), np.array([1, 0, 1, 0], bool)) == pytest.approx(0.5)
+    m = detection_metrics(scores, scores > 0.75, positive)
+    assert (m["precision"], m["recall"], m["precision_at_k"]) == (0.5, 0.5, 0.5)
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    lrs = [learning_rate(0.1, s, 100, 10) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
+    assert lrs[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+
+
+def test_crop_flip_is_a_per_sample_shift_or_mirror():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6) + 1
+    out = random_crop_flip(x, g, padding=0, flip=True)
+    for i in range(2):
+        assert torch.equal(out[i], x[i]) or torch.equal(out[i], x[i].flip(-1))
+    out = random_crop_flip(x, torch.Generator().manual_seed(1), padding=2, flip=False)
+    assert out.shape == x.shape
+    # Every output pixel is either zero padding or a pixel of the same image.
+    for i in range(2):
+        values = set(out[i].flatten().tolist()) - {0.0}
+        assert values <= set(x[i].flatten().tolist())
