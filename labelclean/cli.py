@@ -147,6 +147,25 @@ def export(
 
 
 @app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
+    truth: Annotated[Path, typer.Option(help="CSV/Parquet with the true label of every sample.")],
+    id_column: Annotated[Optional[str], typer.Option(help="Truth column matching the run's sample ids (default: detected).")] = None,
+    label_column: Annotated[str, typer.Option(help="Truth column with the true labels.")] = "label",
+    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Measure a run against known true labels (AUROC, AP, precision, recall, F1, accuracy)."""
+    from labelclean.evaluate import evaluate_run
+    from labelclean.report import print_evaluation
+
+    result = evaluate_run(run_dir, truth, id_column, label_column)
+    if fmt == "json":
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        print_evaluation(out, result)
+
+
+@app.command()
 def methods() -> None:
     """List the registered methods and backbones."""
     from labelclean.methods import METHODS

@@ -90,3 +90,24 @@ def confused_pairs(transition: pd.DataFrame, k: int) -> list[tuple[str, str, flo
         if a != b and transition.loc[a, b] > 0.005
     ]
     return sorted(pairs, key=lambda x: -x[2])[:k]
+
+
+def print_evaluation(console: Console, result: dict) -> None:
+    table = Table(title=f"evaluation of {result['run']} ({result['samples']} samples, "
+                        f"{result['errors']} wrong labels)", title_justify="left")
+    for name in ("", "auroc", "ap", "precision", "recall", "f1", "p@k", "flagged", "acc before",
+                 "acc after"):
+        table.add_column(name, justify="right" if name else "left")
+
+    def row(name: str, m: dict) -> None:
+        table.add_row(name, *(f"{m[k]:.3f}" for k in ("auroc", "ap", "precision", "recall", "f1",
+                                                       "precision_at_k")),
+                      str(m["flagged"]), f"{m['label_accuracy_before']:.3f}",
+                      f"{m['label_accuracy_after_relabel']:.3f}")
+
+    row("all", result)
+    for name, m in result["per_class"].items():
+        row(name, m)
+    console.print(table)
+    console.print(f"suggested label correct on {result['suggestion_accuracy_on_errors']:.1%} of the "
+                  f"wrong labels; {result['relabelled']} labels relabelled", highlight=False)
