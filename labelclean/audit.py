@@ -229,6 +229,10 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
     write_table(run_dir / "scores.parquet", scores)
     write_table(run_dir / "transition_matrix.csv", transition.reset_index())
     corrected_name = _write_corrected(samples, scores, run_dir)
+    for name, values in evidence.arrays.items():
+        table = pd.DataFrame(values, columns=samples.classes)
+        table.insert(0, SAMPLE_ID, samples.table["sample_id"].to_numpy())
+        write_table(run_dir / f"{name}.parquet", table)
 
     summary = {
         "labelclean_version": __version__,
@@ -255,6 +259,7 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
         "method_summary": {k: v for k, v in evidence.summary.items() if k != "notes"},
         "notes": notes,
         "outputs": sorted([*OUTPUT_FILES, "transition_matrix.csv", corrected_name]
+                          + [f"{name}.parquet" for name in evidence.arrays]
                           + (["skipped.csv"] if failures else [])),
         "versions": versions(),
         "config": config.to_dict(),

@@ -6,7 +6,8 @@ A method is an object that owns its per-sample state and its extra networks. The
     method.setup(ctx)                          # build tables, teachers, indexes
     for epoch in range(start_epoch, epochs):
         method.on_epoch_start(epoch)
-        for batch in batches(epoch):            # shuffled; batch.index are dataset rows
+        rows = method.training_rows()           # None: every row
+        for batch in batches(rows):             # shuffled; batch.index are dataset rows
             loss = method.training_step(batch)  # may run virtual steps, meta steps
             loss.backward(); optimizer.step(); scheduler.step()
             method.after_step(batch)            # e.g. EMA teacher update
@@ -120,6 +121,7 @@ class Evidence:
     columns: dict[str, np.ndarray] = field(default_factory=dict)
     transition: np.ndarray | None = None
     summary: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # (N, C) tables, saved by class
 
 
 class Method:
@@ -158,6 +160,10 @@ class Method:
 
     def on_epoch_start(self, epoch: int) -> None:
         pass
+
+    def training_rows(self) -> torch.Tensor | None:
+        """Rows to train on this epoch (``None``: all). Meta methods hold out their reference set."""
+        return None
 
     def training_step(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError

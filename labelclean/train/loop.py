@@ -121,11 +121,10 @@ def train(
     start_epoch = 0
     checkpoint = run_dir / CHECKPOINT
     if config.resume and checkpoint.is_file():
-        start_epoch = _load_checkpoint(checkpoint, config, model, optimizer, method, generator)
+        start_epoch, ctx.step = _load_checkpoint(checkpoint, config, model, optimizer, method, generator)
         reporter.notice(f"resuming from {checkpoint} after epoch {start_epoch}")
     elif config.resume:
         reporter.notice(f"--resume: no checkpoint in {run_dir}; starting from the beginning")
-    ctx.step = start_epoch * steps_per_epoch
 
     started = time.perf_counter()
     seen = 0
@@ -134,8 +133,12 @@ def train(
         for epoch in range(start_epoch, config.epochs):
             ctx.epoch = epoch
             method.on_epoch_start(epoch)
-            order = torch.randperm(n, generator=generator)
-            for s in range(steps_per_epoch):
+            pool = method.training_rows()
+            if pool is None:
+                order = torch.randperm(n, generator=generator)
+            else:
+                order = pool[torch.randperm(len(pool), generator=generator)]
+            for s in range(max(1, len(order) // batch_size)):
                 rows = order[s * batch_size : (s + 1) * batch_size]
                 batch = Batch(
                     index=rows, x=load(rows, True), y=ctx.labels[rows.to(device)],
@@ -143,7 +146,7 @@ def train(
                     x2=load(rows, True) if method.num_views > 1 else None,
                 )
                 for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(config.lr, ctx.step, total, warmup)
+                    group["lr"] = learning_rate(config.lr, min(ctx.step, total), total, warmup)
                 loss = method.training_step(batch)
                 if not torch.isfinite(loss):
                     raise LabelcleanError(
@@ -158,11 +161,12 @@ def train(
                 seen += len(rows)
                 advance(1)
             method.on_epoch_end(epoch)
-            _save_checkpoint(checkpoint, config, model, optimizer, method, generator, epoch + 1)
+            _save_checkpoint(checkpoint, config, model, optimizer, method, generator, epoch + 1,
+                             ctx.step)
     seconds = time.perf_counter() - started
     model.eval()
     evidence = method.evidence()
-    return TrainResult(model, evidence, config.epochs, total, seconds, seen, start_epoch)
+    return TrainResult(model, evidence, config.epochs, ctx.step, seconds, seen, start_epoch)
 
 
 def _save_checkpoint(
@@ -173,10 +177,12 @@ def _save_checkpoint(
     method: Method,
     generator: torch.Generator,
     epoch: int,
+    step: int,
 ) -> None:
     state = {
         "fingerprint": config.fingerprint(),
         "epoch": epoch,
+        "step": step,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "method": method.state_dict(),
@@ -192,7 +198,7 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
     method: Method,
     generator: torch.Generator,
-) -> int:
+) -> tuple[int, int]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -206,4 +212,4 @@ def _load_checkpoint(
     optimizer.load_state_dict(state["optimizer"])
     method.load_state_dict(state["method"])
     generator.set_state(state["generator"])
-    return int(state["epoch"])
+    return int(state["epoch"]), int(state["step"])

@@ -1,0 +1,164 @@
+"""Shared machinery of the meta-learning methods (MLC, MSLG, IEG, MLNT).
+
+* A CE warm-up for the first ``warmup`` fraction of epochs (every paper warms up).
+* A *reference set* of clean labels for the meta loss: the trusted rows; without a trusted set,
+  the ``reference_per_class`` lowest-loss samples of each class at the end of warm-up (as the
+  MSLG code does when it has no clean data). Such picks are announced once, recorded in the
+  summary, and never marked verified.
+* Two scopes (``config.meta_scope``): ``head`` runs virtual steps on the linear head over
+  detached features (closed forms where they exist; about one plain step of extra cost);
+  ``full`` differentiates through the whole network with ``torch.func.functional_call``.
+  Every virtual or reference forward uses copies of the BatchNorm buffers, so running
+  statistics only ever change in the real training forward.
+* :class:`~labelclean.methods.base.Dynamics` of the model's own predictions, kept by every method
+  as auxiliary evidence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from labelclean.methods.base import Batch, Dynamics, Method, TrainContext
+from labelclean.methods.functional import Params, functional_forward, head_params, linear
+
+
+class MetaMethod(Method):
+    needs_trusted = True
+
+    @classmethod
+    def default_options(cls) -> dict[str, Any]:
+        return {"warmup": 0.2, "reference_per_class": 10, "reference_batch": 0,
+                "train_on_reference": False}
+
+    def setup(self, ctx: TrainContext) -> None:
+        super().setup(ctx)
+        self.dynamics = Dynamics(ctx.num_samples, ctx.num_classes)
+        warm = float(self.options["warmup"])
+        self.warmup_epochs = min(ctx.epochs - 1, max(1 if warm > 0 else 0, round(warm * ctx.epochs)))
+        verified = torch.where(ctx.verified.cpu())[0]
+        self.reference = verified
+        self.reference_source = "trusted" if len(verified) else "pending"
+        if not len(verified) and self.warmup_epochs == 0:
+            self.warmup_epochs = 1 if ctx.epochs > 1 else 0
+        self.scope = ctx.config.meta_scope
+
+    # -- phases -------------------------------------------------------------------------
+    @property
+    def in_warmup(self) -> bool:
+        return self.context.epoch < self.warmup_epochs
+
+    def on_epoch_start(self, epoch: int) -> None:
+        if self.reference_source == "pending" and epoch >= self.warmup_epochs:
+            self._pick_reference()
+
+    def _pick_reference(self) -> None:
+        """Lowest-loss samples per class under the warmed-up model (not verified labels)."""
+        ctx = self.context
+        k = int(self.options["reference_per_class"])
+        probs = ctx.predict()
+        labels = ctx.labels.cpu()
+        loss = -torch.log(probs.gather(1, labels.view(-1, 1)).squeeze(1).clamp_min(1e-12))
+        rows = []
+        for c in range(ctx.num_classes):
+            members = torch.where(labels == c)[0]
+            rows.append(members[torch.argsort(loss[members], stable=True)[:k]])
+        self.reference = torch.cat(rows)
+        self.reference_source = "selected"
+        ctx.notice(
+            f"{self.name}: no trusted set, so the {k} lowest-loss samples per class after "
+            f"warm-up ({len(self.reference)} in all) serve as its reference set; they are "
+            "not verified labels"
+        )
+
+    def training_rows(self) -> Tensor | None:
+        """After warm-up the reference set is held out of training, as in the papers.
+
+        A reference set the model also trains on is fitted within a few epochs, after which
+        the meta loss and every meta-gradient vanish.
+        """
+        if self.in_warmup or self.reference_source == "pending" or self.options["train_on_reference"]:
+            return None
+        keep = torch.ones(self.context.num_samples, dtype=torch.bool)
+        keep[self.reference] = False
+        return torch.where(keep)[0]
+
+    # -- reference batches --------------------------------------------------------------
+    def reference_rows(self) -> Tensor:
+        ctx = self.context
+        size = int(self.options["reference_batch"]) or ctx.batch_size
+        if len(self.reference) == 0:
+            raise RuntimeError("no reference samples")
+        pick = torch.randint(0, len(self.reference), (size,), generator=ctx.generator)
+        return self.reference[pick]
+
+    def reference_batch(self) -> tuple[Tensor, Tensor]:
+        rows = self.reference_rows()
+        return self.context.load(rows, True), self.context.labels[rows.to(self.context.device)]
+
+    @torch.no_grad()
+    def reference_features(self, x: Tensor) -> Tensor:
+        """Train-mode features of a reference batch, with BatchNorm statistics untouched."""
+        features = self.context.model.features
+        return functional_forward(features, dict(features.named_parameters()), x)
+
+    # -- scope helpers ------------------------------------------------------------------
+    def theta(self) -> Params:
+        """The parameters a virtual step moves: head copies, or the live network parameters."""
+        if self.scope == "head":
+            return head_params(self.context.model)
+        return dict(self.context.model.named_parameters())
+
+    def meta_ce(self, x_ref: Tensor, h_ref: Tensor | None, y_ref: Tensor) -> Any:
+        """The meta loss ``θ̂ -> mean CE`` on the reference batch, in the method's scope."""
+        if self.scope == "head":
+            assert h_ref is not None
+            return lambda fast: F.cross_entropy(linear(fast, h_ref), y_ref)
+        model = self.context.model
+        return lambda fast: F.cross_entropy(functional_forward(model, fast, x_ref), y_ref)
+
+    def forward(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Real forward of the training batch: features ``h`` and logits ``z``."""
+        model = self.context.model
+        h = model.features(batch.x)
+        z = model.head(h)
+        self.dynamics.update(batch.index, z)
+        return h, z
+
+    def virtual_inputs(self, h: Tensor, z: Tensor) -> tuple[Params, Any]:
+        """``θ`` and a function ``θ -> logits`` of the training batch for the virtual step."""
+        theta = self.theta()
+        if self.scope == "head":
+            hd = h.detach()
+            return theta, lambda: linear(theta, hd)
+        return theta, lambda: z
+
+    def inner_lr(self) -> float:
+        lr = self.options.get("inner_lr")
+        if lr:
+            return float(lr)
+        assert self.context.optimizer is not None
+        return float(self.context.optimizer.param_groups[0]["lr"])
+
+    # -- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "dynamics": self.dynamics.state_dict(),
+                "reference": self.reference.clone(), "reference_source": self.reference_source}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.dynamics.load_state_dict(state["dynamics"])
+        self.reference = state["reference"]
+        self.reference_source = state["reference_source"]
+
+    def base_summary(self) -> dict[str, Any]:
+        notes = []
+        if self.reference_source == "selected":
+            notes.append(f"{self.name}: reference set selected by low loss after warm-up "
+                         f"({len(self.reference)} samples), not verified")
+        return {"reference_source": self.reference_source,
+                "reference_size": int(len(self.reference)), "warmup_epochs": self.warmup_epochs,
+                "meta_scope": self.scope, "notes": notes}
