@@ -16,8 +16,6 @@ from labelclean.methods.functional import (
 from labelclean.methods.mlc import corrected_nll, normalise_columns, posterior_given_noisy
 from labelclean.methods.mslg import kl_mean
 
-torch.set_default_dtype(torch.float64)
-
 
 @pytest.fixture(autouse=True)
 def _float64():
