@@ -27,7 +27,7 @@ from labelclean.outputs import (
     added_names, ranks, rewrite_paths,
 )
 from labelclean.progress import Reporter
-from labelclean.scoring import decide, transition_from_labels
+from labelclean.scoring import ALTERNATIVE_SHARE, alternative, decide, transition_from_labels
 from labelclean.train import train
 
 #: Up to this fraction of unreadable images is skipped with a warning (``--strict``: none).
@@ -278,7 +278,8 @@ def _score(
     suspicion = np.asarray(evidence.suspicion, dtype=np.float64).copy()
     suggested = np.asarray(evidence.suggested, dtype=np.int64).copy()
     free = ~verified
-    decision = decide(suspicion[free], suggested[free], given[free], config.threshold)
+    alt, share = alternative(np.asarray(evidence.belief), given)
+    decision = decide(suspicion[free], share[free] >= ALTERNATIVE_SHARE, config.threshold)
 
     posterior = np.zeros(len(table))
     posterior[free] = decision.posterior
@@ -286,6 +287,8 @@ def _score(
     is_suspect[free] = decision.is_suspect
     relabel = np.zeros(len(table), dtype=bool)
     relabel[free] = decision.relabel
+    # A flagged sample's label is judged wrong: suggest the best other class.
+    suggested = np.where(is_suspect, alt, suggested)
     # A verified sample is never a suspect: its label is known.
     suspicion[verified] = 0.0
     suggested[verified] = samples.targets[verified]

@@ -4,9 +4,10 @@ The flag threshold is derived from the data, not fixed: a two-component Gaussian
 fitted (EM) to ``logit(suspicion)`` of the unverified samples, one component for labels the
 model agrees with and one for labels it doubts (the approach DivideMix takes with per-sample
 losses). ``P(doubtful | suspicion)`` is the posterior of the high component. A sample is
-flagged (``is_suspect``) when that posterior is at least 0.5; its label is proposed for
-automatic relabelling (``action = "relabel"``) only when the posterior is at least 0.9 and the
-suggestion differs from the given label, otherwise a flagged sample is sent to ``review``.
+flagged (``is_suspect``) when that posterior is at least 0.5, and its suggested label is then
+the most likely *other* class. Its label is proposed for automatic relabelling
+(``action = "relabel"``) only when the posterior is at least 0.9 and that class holds at least
+half of the belief off the given label; otherwise a flagged sample goes to ``review``.
 The estimated noise rate is the mean posterior, overall and per given class.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 FLAG_POSTERIOR = 0.5
 RELABEL_POSTERIOR = 0.9
+ALTERNATIVE_SHARE = 0.5
 _EPS = 1e-4
 
 
@@ -101,13 +103,29 @@ class Decision:
     threshold_method: str
 
 
+def alternative(belief: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The most likely class other than the given one, and its share of the belief off it.
+
+    ``belief`` is ``(N, C)``; returns ``(alt (N,), share (N,) in [0, 1])``.
+    """
+    off = np.asarray(belief, dtype=np.float64).copy()
+    off[np.arange(len(given)), given] = 0.0
+    alt = off.argmax(1)
+    total = off.sum(1)
+    share = np.divide(off[np.arange(len(alt)), alt], total, out=np.zeros(len(alt)), where=total > 0)
+    return alt, share
+
+
 def decide(
     suspicion: np.ndarray,
-    suggested: np.ndarray,
-    given: np.ndarray,
+    confident: np.ndarray,
     threshold: float | None = None,
 ) -> Decision:
-    """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold."""
+    """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold.
+
+    ``confident`` marks samples whose suggested alternative is clear enough to apply
+    automatically; only those can be ``relabel``.
+    """
     mixture = fit_mixture(suspicion)
     if mixture is not None:
         posterior = mixture.posterior(suspicion)
@@ -121,7 +139,7 @@ def decide(
         flag_t, method = float(threshold), "user"
         relabel_t = max(relabel_t, flag_t)
     is_suspect = suspicion >= flag_t
-    relabel = is_suspect & (suspicion >= relabel_t) & (suggested != given)
+    relabel = is_suspect & (suspicion >= relabel_t) & confident
     return Decision(posterior, is_suspect, relabel, flag_t, relabel_t, method)
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from labelclean.metrics import auroc, average_precision, detection_metrics, precision_recall_f1
-from labelclean.scoring import decide, fit_mixture, transition_from_labels
+from labelclean.scoring import alternative, decide, fit_mixture, transition_from_labels
 from labelclean.train.augment import random_crop_flip
 from labelclean.train.loop import learning_rate
 
@@ -17,8 +17,7 @@ def _bimodal(n_clean=900, n_noisy=100, seed=0):
 
 def test_mixture_threshold_separates_two_populations_and_tracks_their_size():
     s, noisy = _bimodal()
-    suggested = np.where(noisy, 1, 0)
-    d = decide(s, suggested, np.zeros(len(s), int))
+    d = decide(s, np.ones(len(s), bool))
     assert d.threshold_method == "mixture"
     assert abs(int(d.is_suspect.sum()) - int(noisy.sum())) <= 5
     assert precision_recall_f1(d.is_suspect, noisy)["f1"] > 0.97
@@ -35,16 +34,23 @@ def test_posterior_never_decreases_with_suspicion():
 
 def test_no_separation_flags_nothing_and_user_threshold_wins():
     s = np.full(50, 0.3)
-    d = decide(s, np.zeros(50, int), np.zeros(50, int))
+    d = decide(s, np.ones(50, bool))
     assert not d.is_suspect.any()
-    d = decide(s, np.ones(50, int), np.zeros(50, int), threshold=0.2)
+    d = decide(s, np.ones(50, bool), threshold=0.2)
     assert d.is_suspect.all() and d.threshold_method == "user"
 
 
-def test_relabel_needs_a_different_suggestion():
+def test_relabel_needs_a_clear_alternative():
     s, noisy = _bimodal()
-    d = decide(s, np.zeros(len(s), int), np.zeros(len(s), int))
+    d = decide(s, np.zeros(len(s), bool))
     assert d.is_suspect.any() and not d.relabel.any()
+
+
+def test_alternative_is_the_best_other_class_with_its_share():
+    belief = np.array([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]])
+    alt, share = alternative(belief, np.array([0, 2, 0]))
+    assert alt.tolist() == [1, 0, 1]
+    assert np.allclose(share, [0.75, 0.5, 0.5])
 
 
 def test_transition_rows_sum_to_one_and_empty_rows_are_identity():
