@@ -1,0 +1,204 @@
+"""Every registered method: ranking on injected flips, resume, scopes, invariants."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+
+from labelclean import RunConfig, audit
+from labelclean.knn import FaissKnn
+from labelclean.methods import METHODS, Batch, TrainContext
+from labelclean.methods.mlnt import head_fast_logits, kl_mean_elements, synthetic_labels
+from labelclean.metrics import auroc
+from labelclean.models import build_backbone
+
+NAMES = METHODS.names()
+META = [n for n in NAMES if n not in ("ce", "auto")]
+
+
+def _config(tiny, tmp_path, method, out="run", **kw):
+    base = dict(dataset=str(tiny.csv), trusted=str(tiny.trusted), out=str(tmp_path / out),
+                method=method, backbone="test_tiny", epochs=6, batch_size=12, lr=0.1,
+                image_size=12)
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_method_ranks_injected_flips_above_clean_samples(tiny, tmp_path, method):
+    result = audit(_config(tiny, tmp_path, method))
+    s = result.scores[~result.scores["verified"]]
+    flipped = s["sample_id"].isin(tiny.flipped).to_numpy()
+    assert auroc(s["suspicion"].to_numpy(), flipped) >= 0.9
+    assert s.loc[flipped, "suspicion"].mean() > s.loc[~flipped, "suspicion"].mean()
+    assert f"{method}_suspicion" in s.columns or method == "auto"
+    assert s["suspicion"].between(0, 1).all()
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_method_resumes_to_the_same_state(tiny, tmp_path, monkeypatch, method):
+    opts = {} if method == "ce" else {"warmup": 0.34}
+    cfg = dict(epochs=3, method_options=opts)
+    full = audit(_config(tiny, tmp_path, method, out="full", **cfg)).scores
+    cls = METHODS.get(method)
+    original = cls.on_epoch_start
+
+    def crash(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        original(self, epoch)
+
+    with monkeypatch.context() as m:
+        m.setattr(cls, "on_epoch_start", crash)
+        with pytest.raises(KeyboardInterrupt):
+            audit(_config(tiny, tmp_path, method, out="cut", **cfg))
+    resumed = audit(_config(tiny, tmp_path, method, out="cut", resume=True, **cfg))
+    assert resumed.summary["resumed_from_epoch"] == 2
+    pd.testing.assert_frame_equal(full, resumed.scores)
+
+
+@pytest.mark.parametrize("method", META)
+def test_full_scope_trains_and_scores(tiny, tmp_path, method):
+    result = audit(_config(tiny, tmp_path, method, epochs=2, meta_scope="full",
+                           method_options={"warmup": 0.5}))
+    assert np.isfinite(result.scores["suspicion"]).all()
+    assert result.summary["method_summary"]["meta_scope"] == "full"
+
+
+def test_without_trusted_set_meta_methods_pick_and_announce_a_reference(tiny, tmp_path):
+    result = audit(_config(tiny, tmp_path, "mslg", trusted=None, epochs=3))
+    summary = result.summary
+    assert summary["method_summary"]["reference_source"] == "selected"
+    assert summary["verified"] == 0 and not result.scores["verified"].any()
+    assert any("not verified" in n for n in summary["notes"])
+
+
+# -- unit level: a hand-built context ----------------------------------------------------
+
+def _context(method, scope="head", n=24, c=3, **options):
+    torch.manual_seed(0)
+    model = build_backbone("test_tiny", c)
+    pixels = torch.rand(n, 3, 8, 8)
+    labels = torch.arange(n) % c
+    verified = torch.zeros(n, dtype=torch.bool)
+    verified[:6] = True
+    config = RunConfig(dataset="unused", method=method, meta_scope=scope, epochs=2, batch_size=8)
+    ctx = TrainContext(model=model, num_classes=c, labels=labels, verified=verified,
+                       sample_ids=[f"s{i}" for i in range(n)], epochs=2, steps_per_epoch=3,
+                       batch_size=8, generator=torch.Generator().manual_seed(0),
+                       device=torch.device("cpu"), config=config,
+                       load=lambda rows, aug: pixels[rows], notice=lambda m: None)
+    m = METHODS.get(method)(**{"warmup": 0.5, **options})
+    m.setup(ctx)
+    ctx.optimizer = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ctx.epoch = 1
+    m.on_epoch_start(1)
+    rows = torch.arange(6, 14)
+    batch = Batch(rows, pixels[rows], labels[rows], verified[rows],
+                  pixels[rows].flip(-1) if m.num_views > 1 else None)
+    return m, ctx, batch
+
+
+def _step(method, ctx, batch):
+    loss = method.training_step(batch)
+    ctx.optimizer.zero_grad()
+    loss.backward()
+    ctx.optimizer.step()
+    method.after_step(batch)
+    return loss
+
+
+@pytest.mark.parametrize("scope", ["head", "full"])
+@pytest.mark.parametrize("method", META)
+def test_virtual_steps_leave_batchnorm_statistics_alone(method, scope):
+    m, ctx, batch = _context(method, scope)
+    twin = build_backbone("test_tiny", 3)
+    twin.load_state_dict(ctx.model.state_dict())
+    twin.train()
+    m.training_step(batch)
+    with torch.no_grad():
+        twin(batch.x)
+        if batch.x2 is not None:
+            twin(batch.x2)
+    for (k, a), b in zip(ctx.model.named_buffers(), twin.buffers()):
+        assert torch.allclose(a, b), k
+
+
+@pytest.mark.parametrize("method", META)
+def test_two_steps_give_finite_losses_and_gradients(method):
+    m, ctx, batch = _context(method)
+    for _ in range(2):
+        loss = _step(m, ctx, batch)
+        assert torch.isfinite(loss)
+        assert all(torch.isfinite(p.grad).all() for p in ctx.model.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("mode", ["persistent", "reset"])
+def test_mlc_transition_stays_row_stochastic(mode):
+    m, ctx, batch = _context("mlc", mode=mode)
+    before = m.transition().clone()
+    for _ in range(3):
+        _step(m, ctx, batch)
+    t = m.transition()
+    assert (t >= 0).all() and torch.allclose(t.sum(1), torch.ones(3))
+    assert not torch.equal(t, before)
+
+
+def test_mslg_soft_labels_stay_distributions_and_move():
+    m, ctx, batch = _context("mslg")
+    before = m.table.clone()
+    for _ in range(3):
+        _step(m, ctx, batch)
+    soft = m.soft_labels()
+    assert torch.allclose(soft.sum(1), torch.ones(len(soft), dtype=soft.dtype))
+    moved = (m.table - before).abs().sum(1)
+    assert moved[batch.index[~batch.verified]].gt(0).all()
+    assert moved[batch.index[batch.verified]].eq(0).all()
+
+
+def test_ieg_records_weights_and_relabel_decisions_by_sample_id():
+    m, ctx, batch = _context("ieg")
+    _step(m, ctx, batch)
+    assert m.visits[batch.index].eq(1).all() and m.visits.sum() == len(batch.index)
+    assert torch.isfinite(m.weight_sum).all() and m.weight_sum[batch.index].abs().sum() > 0
+
+
+def test_mlnt_vmap_fast_steps_match_a_loop():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(3, 4, generator=g, requires_grad=True)
+    b = torch.randn(3, generator=g, requires_grad=True)
+    h = torch.randn(5, 4, generator=g)
+    sets = torch.randint(0, 3, (4, 5), generator=g)
+    target = torch.softmax(torch.randn(5, 3, generator=g), 1)
+    fast = head_fast_logits(w, b, h, sets, 0.2)
+    loss = torch.stack([kl_mean_elements(target, fast[m]) for m in range(4)]).mean()
+    gw, gb = torch.autograd.grad(loss, (w, b))
+    ref = 0
+    for y in sets:
+        gw_, gb_ = torch.autograd.grad(F.cross_entropy(F.linear(h, w, b), y), (w, b), create_graph=True)
+        ref = ref + kl_mean_elements(target, F.linear(h, w - 0.2 * gw_, b - 0.2 * gb_)) / 4
+    rw, rb = torch.autograd.grad(ref, (w, b))
+    assert torch.allclose(gw, rw, atol=1e-6) and torch.allclose(gb, rb, atol=1e-6)
+    assert gw.abs().max() > 0  # first- and second-order terms reach θ
+
+
+def test_synthetic_labels_copy_neighbour_labels():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    neighbours = torch.tensor([[1], [0], [3], [2], [5], [4]])
+    rows = torch.arange(6)
+    sets = synthetic_labels(labels, rows, neighbours, 3, 0.5, torch.Generator().manual_seed(0))
+    assert sets.shape == (3, 6)
+    assert torch.equal(sets, labels.repeat(3, 1))  # neighbours share labels here
+    neighbours = torch.tensor([[2], [4], [0], [4], [0], [2]])
+    sets = synthetic_labels(labels, rows, neighbours, 3, 0.5, torch.Generator().manual_seed(0))
+    assert ((sets != labels).sum(1) <= 3).all() and (sets != labels).any()
+
+
+def test_knn_excludes_self_handles_duplicates_and_large_k():
+    x = np.array([[0.0, 0], [0, 0], [1, 0], [5, 5]], dtype=np.float32)
+    nn_ = FaissKnn().fit(x).kneighbors(2)
+    assert nn_.shape == (4, 2)
+    assert all(i not in row for i, row in enumerate(nn_))
+    assert nn_[0, 0] == 1 and nn_[1, 0] == 0
+    assert FaissKnn().fit(x).kneighbors(10).shape == (4, 3)
+    assert FaissKnn().fit(x[:1]).kneighbors(3).shape == (1, 0)
