@@ -22,7 +22,7 @@ from labelclean.evaluate import evaluate_run
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--methods", nargs="+", default=["ce"])
+    parser.add_argument("--methods", nargs="+", default=["ce", "mlc", "mslg", "ieg", "mlnt", "auto"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     data = ROOT / "sample_data"

@@ -45,14 +45,20 @@ def print_suspects(console: Console, rows: pd.DataFrame, title: str) -> None:
     for name, justify in (("rank", "right"), ("sample_id", "left"), ("given", "left"),
                           ("suggested", "left"), ("suspicion", "right"), ("action", "left")):
         table.add_column(name, justify=justify, overflow="fold")
-    evidence = [c for c in rows.columns if c.endswith("_suspicion") and c != SUSPICION]
+    combined = "agreement" in rows.columns
+    evidence = [] if combined else [c for c in rows.columns
+                                    if c.endswith("_suspicion") and c != SUSPICION]
     for c in evidence:
         table.add_column(c.removesuffix("_suspicion"), justify="right")
+    if combined:
+        table.add_column("doubted by", overflow="fold")
     for _, r in rows.iterrows():
+        extra = [f"{r[c]:.3f}" for c in evidence]
+        if combined:
+            extra.append(str(r["doubted_by"]) or "-")
         table.add_row(
             "" if pd.isna(r[RANK]) else str(int(r[RANK])), str(r["sample_id"]), str(r[GIVEN]),
-            str(r[SUGGESTED]), f"{r[SUSPICION]:.3f}", str(r["action"]),
-            *[f"{r[c]:.3f}" for c in evidence],
+            str(r[SUGGESTED]), f"{r[SUSPICION]:.3f}", str(r["action"]), *extra,
         )
     console.print(table)
 

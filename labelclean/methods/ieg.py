@@ -21,7 +21,7 @@ from labelclean.methods.functional import (
     meta_gradient,
     sharpen,
 )
-from labelclean.methods.meta import MetaMethod
+from labelclean.methods.meta import MetaMethod, Shared
 
 
 def per_sample_soft_ce(logits: Tensor, target: Tensor) -> Tensor:
@@ -87,8 +87,9 @@ class IEG(MetaMethod):
         return out
 
     def meta_grads(
-        self, h: Tensor, z: Tensor, onehot: Tensor, g: Tensor, x_ref: Tensor, y_ref: Tensor
+        self, h: Tensor, z: Tensor, onehot: Tensor, g: Tensor, shared: Shared
     ) -> tuple[Tensor, Tensor]:
+        x_ref, y_ref = shared.x_ref, shared.y_ref
         b = len(onehot)
         eta = float(self.options["eta"])
         lam0 = float(self.options["lambda_init"])
@@ -104,7 +105,7 @@ class IEG(MetaMethod):
             shift = self._shift(theta, live)
             fast = {k: (v - eta * (gr + shift[k])).detach().requires_grad_(True)
                     for (k, v), gr in zip(theta.items(), inner)}
-            meta = F.cross_entropy(linear(fast, self.reference_features(x_ref)), y_ref)
+            meta = F.cross_entropy(linear(fast, shared.h_ref), y_ref)
             a = head_sensitivity(dict(zip(fast, torch.autograd.grad(meta, list(fast.values())))), hd)
             return ieg_head_grads(zt.detach().softmax(1), t, onehot, g, omega, a, eta)
         theta = dict(model.named_parameters())
@@ -121,25 +122,40 @@ class IEG(MetaMethod):
         )
         return d_omega, d_lambda
 
-    def training_step(self, batch: Batch) -> Tensor:
+    def second_view(self, batch: Batch) -> Tensor:
+        """Logits of the second view; with gradient only when consistency training needs it."""
         assert batch.x2 is not None
-        model = self.context.model
+        if self.options["consistency"]:
+            return self.context.model(batch.x2)
+        with torch.no_grad():
+            return self.context.model(batch.x2)
+
+    def training_step(self, batch: Batch) -> Tensor:
         h, z = self.forward(batch)
-        consistency = bool(self.options["consistency"])
-        if consistency:
-            z2 = model(batch.x2)
-        else:
-            with torch.no_grad():
-                z2 = model(batch.x2)
+        z2 = self.second_view(batch)
+        if self.in_warmup:
+            self.record_pseudo(batch, z, z2)
+            return F.cross_entropy(z, batch.y)
+        shared = self.shared_inputs(batch)
+        shared.z2 = z2
+        return self.step_loss(batch, h, z, shared)
+
+    def record_pseudo(self, batch: Batch, z: Tensor, z2: Tensor) -> Tensor:
         g = self.pseudo_labels(z, z2)
         rows = batch.index.cpu()
         self.pseudo_sum.index_add_(0, rows, g.double().cpu())
         self.pseudo_visits.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
-        if self.in_warmup:
-            return F.cross_entropy(z, batch.y)
+        return g
+
+    def step_loss(self, batch: Batch, h: Tensor, z: Tensor, shared: Shared) -> Tensor:
+        assert shared.z2 is not None
+        z2 = shared.z2
+        consistency = bool(self.options["consistency"])
+        rows = batch.index.cpu()
+        g = self.record_pseudo(batch, z, z2)
         onehot = F.one_hot(batch.y, z.shape[1]).to(z.dtype)
-        x_ref, y_ref = self.reference_batch()
-        d_omega, d_lambda = self.meta_grads(h, z, onehot, g, x_ref, y_ref)
+        x_ref, y_ref = shared.x_ref, shared.y_ref
+        d_omega, d_lambda = self.meta_grads(h, z, onehot, g, shared)
         raw = (-d_omega).detach()
         weights = raw.clamp_min(0)
         weights = weights / (weights.sum() + 1e-5)

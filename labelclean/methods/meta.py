@@ -1,7 +1,10 @@
 """Shared machinery of the meta-learning methods (MLC, MSLG, IEG, MLNT).
 
 * A CE warm-up for the first ``warmup`` fraction of epochs (every paper warms up).
-* A *reference set* of clean labels for the meta loss: the trusted rows; without a trusted set,
+* A *reference set* of clean labels for the meta loss, held out of training after warm-up
+  (a set the network trains on is fitted within a few epochs and its meta-gradients vanish),
+  drawn in batches of ``reference_batch`` (default: half the training batch, to halve the cost
+  of the reference forward): the trusted rows; without a trusted set,
   the ``reference_per_class`` lowest-loss samples of each class at the end of warm-up (as the
   MSLG code does when it has no clean data). Such picks are announced once, recorded in the
   summary, and never marked verified.
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,6 +28,20 @@ from torch import Tensor
 
 from labelclean.methods.base import Batch, Dynamics, Method, TrainContext
 from labelclean.methods.functional import Params, functional_forward, head_params, linear
+
+
+@dataclass
+class Shared:
+    """Per-step inputs that several methods can share (``auto`` computes each once).
+
+    ``x_ref``/``y_ref``: a reference (trusted) batch; ``h_ref``: its train-mode features;
+    ``z2``: logits of the second augmented view (no gradient unless a method asks).
+    """
+
+    x_ref: Tensor | None = None
+    y_ref: Tensor | None = None
+    h_ref: Tensor | None = None
+    z2: Tensor | None = None
 
 
 class MetaMethod(Method):
@@ -86,10 +104,26 @@ class MetaMethod(Method):
         keep[self.reference] = False
         return torch.where(keep)[0]
 
+    def training_step(self, batch: Batch) -> Tensor:
+        h, z = self.forward(batch)
+        if self.in_warmup:
+            return F.cross_entropy(z, batch.y)
+        return self.step_loss(batch, h, z, self.shared_inputs(batch))
+
+    def step_loss(self, batch: Batch, h: Tensor, z: Tensor, shared: Shared) -> Tensor:
+        """The method's meta updates and training loss after warm-up, from the batch's
+        features ``h`` and logits ``z`` (graph attached) and the shared inputs."""
+        raise NotImplementedError
+
+    def shared_inputs(self, batch: Batch) -> Shared:
+        x_ref, y_ref = self.reference_batch()
+        h_ref = self.reference_features(x_ref) if self.scope == "head" else None
+        return Shared(x_ref, y_ref, h_ref)
+
     # -- reference batches --------------------------------------------------------------
     def reference_rows(self) -> Tensor:
         ctx = self.context
-        size = int(self.options["reference_batch"]) or ctx.batch_size
+        size = int(self.options["reference_batch"]) or max(8, ctx.batch_size // 2)
         if len(self.reference) == 0:
             raise RuntimeError("no reference samples")
         pick = torch.randint(0, len(self.reference), (size,), generator=ctx.generator)

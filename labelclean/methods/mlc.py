@@ -15,7 +15,7 @@ from torch import Tensor
 
 from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_evidence
 from labelclean.methods.functional import meta_gradient
-from labelclean.methods.meta import MetaMethod
+from labelclean.methods.meta import MetaMethod, Shared
 
 
 def corrected_nll(logits: Tensor, transition: Tensor, labels: Tensor) -> Tensor:
@@ -103,12 +103,8 @@ class MLC(MetaMethod):
             loss = loss + F.cross_entropy(logits[verified], y[verified]) * verified.float().mean()
         return loss
 
-    def training_step(self, batch: Batch) -> Tensor:
-        h, z = self.forward(batch)
-        if self.in_warmup:
-            return F.cross_entropy(z, batch.y)
-        x_ref, y_ref = self.reference_batch()
-        h_ref = self.reference_features(x_ref) if self.scope == "head" else None
+    def step_loss(self, batch: Batch, h: Tensor, z: Tensor, shared: Shared) -> Tensor:
+        x_ref, y_ref, h_ref = shared.x_ref, shared.y_ref, shared.h_ref
         theta, logits = self.virtual_inputs(h, z)
         persistent = self.options["mode"] == "persistent"
         leaf = (self.S if persistent else torch.eye(len(self.S), device=z.device)).clone().requires_grad_(True)

@@ -17,7 +17,7 @@ from torch.func import grad, vmap
 from labelclean.knn import FaissKnn
 from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_evidence
 from labelclean.methods.functional import functional_forward
-from labelclean.methods.meta import MetaMethod
+from labelclean.methods.meta import MetaMethod, Shared
 from labelclean.models import Backbone
 
 
@@ -168,10 +168,13 @@ class MLNT(MetaMethod):
         return alpha * math.exp(-5 * (1 - u) ** 2), float(self.options["ema"])
 
     def training_step(self, batch: Batch) -> Tensor:
-        ctx = self.context
         h, z = self.forward(batch)
         if self.in_warmup or self.iteration < 0:
             return F.cross_entropy(z, batch.y)
+        return self.step_loss(batch, h, z, Shared())
+
+    def step_loss(self, batch: Batch, h: Tensor, z: Tensor, shared: Shared) -> Tensor:
+        ctx = self.context
         rows = batch.index.cpu()
         per_sample = F.cross_entropy(z, batch.y, reduction="none")
         if self.iteration > 0:

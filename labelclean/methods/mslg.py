@@ -20,7 +20,7 @@ from labelclean.methods.functional import (
     meta_gradient,
     mslg_head_label_grad,
 )
-from labelclean.methods.meta import MetaMethod
+from labelclean.methods.meta import MetaMethod, Shared
 
 
 def kl_mean(logits: Tensor, soft: Tensor) -> Tensor:
@@ -77,11 +77,11 @@ class MSLG(MetaMethod):
         alpha = float(self.options["alpha"])
         self.beta = float(self.options["beta"]) * (ctx.batch_size * ctx.num_classes) / (128 * 10) * (0.5 / alpha)
 
-    def label_grad(self, h: Tensor, z: Tensor, soft: Tensor, x_ref: Tensor, y_ref: Tensor) -> Tensor:
+    def label_grad(self, h: Tensor, z: Tensor, soft: Tensor, shared: Shared) -> Tensor:
         """``∂L_meta/∂yᵈ`` for the batch, ``(B, C)``."""
         alpha = float(self.options["alpha"])
+        x_ref, y_ref, h_ref = shared.x_ref, shared.y_ref, shared.h_ref
         if self.scope == "head":
-            h_ref = self.reference_features(x_ref)
             theta, logits = self.virtual_inputs(h, z)
             inner = torch.autograd.grad(kl_mean(logits(), soft), list(theta.values()))
             fast = {k: (v - alpha * g).detach().requires_grad_(True)
@@ -98,14 +98,10 @@ class MSLG(MetaMethod):
         )
         return grad
 
-    def training_step(self, batch: Batch) -> Tensor:
-        h, z = self.forward(batch)
-        if self.in_warmup:
-            return F.cross_entropy(z, batch.y)
+    def step_loss(self, batch: Batch, h: Tensor, z: Tensor, shared: Shared) -> Tensor:
         rows = batch.index.cpu()
         yd = self.table[rows].to(z.device, torch.float32)
-        x_ref, y_ref = self.reference_batch()
-        grad = self.label_grad(h, z, yd.softmax(1), x_ref, y_ref)
+        grad = self.label_grad(h, z, yd.softmax(1), shared)
         grad = torch.where(batch.verified[:, None], torch.zeros_like(grad), grad)
         new = (yd - self.beta * grad).detach()
         self.table[rows] = new.double().cpu()
