@@ -166,6 +166,38 @@ def evaluate(
 
 
 @app.command()
+def simulate(
+    dataset: Annotated[Path, typer.Argument(help="Image folder or CSV/Parquet manifest with clean labels.")],
+    noise: Annotated[str, typer.Option(help="uniform, flip-random, flip-to-one, pair, asymmetric, instance or neighbor.")],
+    rate: Annotated[float, typer.Option(help="Noise rate in [0, 1].")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for noisy manifest, truth.csv, trusted.csv, noise.json.")],
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    trusted_per_class: Annotated[int, typer.Option(help="Clean samples per class written to trusted.csv (kept out of the noisy part).")] = 10,
+    class_map: Annotated[Optional[str], typer.Option("--map", help="For asymmetric noise: SOURCE:TARGET,... e.g. cat:dog,truck:automobile")] = None,
+    path_column: Annotated[str, typer.Option(help="Manifest column with image paths.")] = "path",
+    label_column: Annotated[str, typer.Option(help="Manifest column with labels.")] = "label",
+    id_column: Annotated[Optional[str], typer.Option(help="Manifest column with sample ids.")] = None,
+) -> None:
+    """Write a noisy copy of a dataset's labels with the truth, for measuring audits."""
+    from labelclean.noise import simulate as run_simulate
+
+    report = run_simulate(dataset, out_dir, noise, rate, seed, trusted_per_class, class_map,
+                          path_column, label_column, id_column)
+    out.print(f"{report['noise']} noise at rate {rate}: {report['flipped']} of {report['samples']} "
+              f"labels changed (realised rate {report['realised_rate']:.4f}); "
+              f"{report['trusted']} trusted -> {out_dir}", highlight=False)
+    classes = report["classes"]
+    if len(classes) <= 12:
+        table = Table(title="realised transition (rows: true, columns: noisy)", title_justify="left")
+        table.add_column("")
+        for c in classes:
+            table.add_column(c, justify="right")
+        for c, row in zip(classes, report["realised_matrix"]):
+            table.add_row(c, *(f"{v:.2f}" for v in row))
+        out.print(table)
+
+
+@app.command()
 def methods() -> None:
     """List the registered methods and backbones."""
     from labelclean.methods import METHODS

@@ -55,7 +55,7 @@ def evaluate_run(
                         f"found {', '.join(map(str, truth.columns))}")
     scores["sample_id"] = scores["sample_id"].astype(str)
     scored = scores[~scores["verified"].astype(bool)]
-    column = _match_column(truth, set(scores["sample_id"]), id_column, Path(truth_path))
+    column = _match_column(truth, set(scored["sample_id"]), id_column, Path(truth_path))
     keys = truth[column].astype(str)
     dup = keys[keys.duplicated()]
     if len(dup):

@@ -272,7 +272,8 @@ def _merge_trusted(
         if i is None:
             i = by_path.get(abs_path)
         if i is None:
-            extra.append((f"trusted:{raw_path}", str(raw_path), abs_path, label, r))
+            sid = str(frame[id_col].iloc[r]) if id_col else f"trusted:{raw_path}"
+            extra.append((sid, str(raw_path), abs_path, label, r))
             continue
         if i in seen and seen[i] != label:
             _problem(problems, f"{where}: sample {table.at[i, 'sample_id']!r} is trusted twice "
@@ -297,8 +298,10 @@ def _merge_trusted(
                 "row": -1,
             }
         )
-        dup = rows["sample_id"].duplicated()
-        rows = rows[~dup]
+        clash = rows["sample_id"].isin(set(table["sample_id"])) | rows["sample_id"].duplicated()
+        for sid in rows.loc[clash, "sample_id"]:
+            _problem(problems, f"{path}: trusted id {sid!r} is used by another sample")
+        raise_problems(problems)
         table = pd.concat([table, rows], ignore_index=True)
     return table
 

@@ -1,0 +1,238 @@
+"""``simulate``: a noisy copy of a dataset's labels with known truth, for measuring audits.
+
+Noise types (``T[i, j] = P(noisy = j | true = i)``, rate ``r``, ``C`` classes):
+
+* ``uniform``: ``T = (1 − r) I + (r / C) 11ᵀ``; a label is redrawn from all classes, the true
+  one included (MLC's Uniform), so the realised flip rate is ``r (C − 1) / C``.
+* ``flip-random``: ``T = (1 − r) I + r / (C − 1) (11ᵀ − I)``; to any *other* class (MLC's
+  Flip-Random, MLNT's symmetric noise).
+* ``flip-to-one``: each class flips with probability r to one fixed other class, chosen at
+  random per class with the seed (MLC's Flip-To-One).
+* ``pair``: flip-to-one with class i going to class i+1 (mod C).
+* ``asymmetric``: a user map (``cat:dog,truck:automobile``); mapped classes flip with
+  probability r to their target, others never (MLNT's CIFAR-10 setting).
+* ``instance``: feature-dependent. A softmax regression on downsampled pixels is fitted to the
+  clean labels; the ``r·n`` samples with the lowest margin between their true class and the
+  best other class are flipped to that class (the most ambiguous samples go to their most
+  similar class, as in the MSLG paper).
+* ``neighbor``: ``r·n`` random samples take the label of a random one of their 10 nearest
+  neighbours (FAISS, downsampled pixels) whose label differs; a sample with no such
+  neighbour keeps its label.
+
+Trusted samples (``trusted_per_class`` per class, drawn first) are never made noisy. The
+realised rate and transition matrix are returned and written beside the output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from labelclean.data.dataset import InputTable, label_text, load_input
+from labelclean.data.images import decode_images
+from labelclean.errors import ConfigError, DataError
+from labelclean.io import write_json, write_table
+from labelclean.knn import FaissKnn
+from labelclean.outputs import rewrite_paths
+from labelclean.scoring import transition_from_labels
+
+NOISE_TYPES = ("uniform", "flip-random", "flip-to-one", "pair", "asymmetric", "instance", "neighbor")
+
+
+def parse_map(text: str, classes: list[str]) -> dict[int, int]:
+    """``"cat:dog,truck:automobile"`` -> class index map, with one-line errors."""
+    out: dict[int, int] = {}
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        if ":" not in pair:
+            raise ConfigError(f"--map: expected SOURCE:TARGET pairs, found {pair!r}")
+        a, b = (s.strip() for s in pair.split(":", 1))
+        for name in (a, b):
+            if name not in classes:
+                raise ConfigError(f"--map: {name!r} is not a class; classes: {', '.join(classes)}")
+        if a == b:
+            raise ConfigError(f"--map: {a!r} maps to itself")
+        out[classes.index(a)] = classes.index(b)
+    if not out:
+        raise ConfigError("--map: expected at least one SOURCE:TARGET pair for asymmetric noise")
+    return out
+
+
+def transition_for(kind: str, rate: float, c: int, rng: np.random.Generator,
+                   mapping: dict[int, int] | None = None) -> np.ndarray:
+    """The documented matrix of a class-conditional noise type (rows: true class)."""
+    eye = np.eye(c)
+    if kind == "uniform":
+        return (1 - rate) * eye + rate / c
+    if kind == "flip-random":
+        return (1 - rate) * eye + rate / (c - 1) * (1 - eye)
+    if kind in ("flip-to-one", "pair", "asymmetric"):
+        if kind == "pair":
+            mapping = {i: (i + 1) % c for i in range(c)}
+        elif kind == "flip-to-one":
+            mapping = {i: int((i + rng.integers(1, c)) % c) for i in range(c)}
+        assert mapping is not None
+        t = eye.copy()
+        for i, j in mapping.items():
+            t[i, i] = 1 - rate
+            t[i, j] = rate
+        return t
+    raise ValueError(f"{kind} noise has no class-level matrix")
+
+
+@dataclass
+class Simulation:
+    noisy: np.ndarray  # (N,) class index after noise
+    true: np.ndarray
+    trusted: np.ndarray  # (N,) bool
+    matrix: np.ndarray | None  # documented matrix, class-conditional types only
+    realised: np.ndarray  # realised transition (rows true)
+
+    @property
+    def realised_rate(self) -> float:
+        free = ~self.trusted
+        return float((self.noisy[free] != self.true[free]).mean()) if free.any() else 0.0
+
+
+def _pixel_features(paths: list[str], size: int = 12) -> np.ndarray:
+    pixels, failures = decode_images(paths, size)
+    if failures:
+        i, reason = next(iter(failures.items()))
+        raise DataError(f"{paths[i]}: {reason} (simulate needs every image readable)")
+    x = pixels.float().div(255).flatten(1)
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-3)
+    return x.numpy()
+
+
+def _softmax_regression(x: np.ndarray, y: np.ndarray, c: int, seed: int) -> np.ndarray:
+    torch.manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    model = torch.nn.Linear(x.shape[1], c)
+    opt = torch.optim.LBFGS(model.parameters(), max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(xt), yt) + 1e-3 * model.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return model(xt).softmax(1).numpy()
+
+
+def simulate_labels(
+    true: np.ndarray, c: int, kind: str, rate: float, seed: int, trusted_per_class: int = 0,
+    mapping: dict[int, int] | None = None, paths: list[str] | None = None,
+) -> Simulation:
+    """Draw noisy labels for ``true`` (class indices). ``paths`` are needed for instance and
+    neighbor noise."""
+    if kind not in NOISE_TYPES:
+        raise ConfigError(f"--noise: expected one of {', '.join(NOISE_TYPES)}, found {kind!r}")
+    if not 0 <= rate <= 1:
+        raise ConfigError(f"--rate: expected a value in [0, 1], found {rate}")
+    rng = np.random.default_rng(seed)
+    n = len(true)
+    trusted = np.zeros(n, dtype=bool)
+    for k in range(c):
+        members = np.flatnonzero(true == k)
+        take = min(trusted_per_class, len(members))
+        trusted[rng.choice(members, take, replace=False)] = True
+    free = np.flatnonzero(~trusted)
+    noisy = true.copy()
+    matrix = None
+    if kind in ("instance", "neighbor"):
+        if paths is None:
+            raise ValueError(f"{kind} noise needs image paths")
+        features = _pixel_features(paths)
+        count = int(round(rate * len(free)))
+        if kind == "instance":
+            probs = _softmax_regression(features, true, c, seed)
+            other = probs.copy()
+            other[np.arange(n), true] = -1
+            best_other = other.argmax(1)
+            margin = probs[np.arange(n), true] - probs[np.arange(n), best_other]
+            chosen = free[np.argsort(margin[free], kind="stable")[:count]]
+            noisy[chosen] = best_other[chosen]
+        else:
+            neighbours = FaissKnn().fit(features).kneighbors(10)
+            for i in rng.choice(free, count, replace=False):
+                options = [j for j in neighbours[i] if true[j] != true[i]]
+                if options:
+                    noisy[i] = true[options[rng.integers(len(options))]]
+    else:
+        if kind == "asymmetric" and not mapping:
+            raise ConfigError("--noise asymmetric needs --map SOURCE:TARGET,...")
+        matrix = transition_for(kind, rate, c, rng, mapping)
+        u = rng.random(len(free))
+        cdf = np.cumsum(matrix[true[free]], axis=1)
+        noisy[free] = np.minimum((u[:, None] > cdf).sum(1), c - 1)
+    realised = transition_from_labels(true[~trusted], noisy[~trusted], c)
+    return Simulation(noisy, true, trusted, matrix, realised)
+
+
+def simulate(
+    dataset: Path, out: Path, kind: str, rate: float, seed: int = 0, trusted_per_class: int = 10,
+    class_map: str | None = None, path_column: str = "path", label_column: str = "label",
+    id_column: str | None = None,
+) -> dict[str, Any]:
+    """Write ``noisy.{csv,parquet}``, ``truth.csv``, ``trusted.csv`` and ``noise.json`` to ``out``.
+
+    Images are referenced, never copied or changed. The noisy manifest keeps the input's
+    columns (a folder becomes a CSV with ``path`` and ``label``) with paths rewritten to
+    resolve from ``out``; ids are the input's ids (for a folder: paths relative to it, which
+    the noisy manifest carries in an ``id`` column so the audit's ids match ``truth.csv``).
+    """
+    inp: InputTable = load_input(Path(dataset), path_column, label_column, id_column)
+    labels = [label_text(v) for v in inp.frame[inp.label_column]]
+    classes = sorted(set(labels), key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
+    index = {name: i for i, name in enumerate(classes)}
+    true = np.array([index[v] for v in labels])
+    mapping = parse_map(class_map, classes) if kind == "asymmetric" and class_map else None
+    paths = [str((inp.base_dir / p).resolve()) if not Path(p).is_absolute() else p
+             for p in map(str, inp.frame[inp.path_column])] if kind in ("instance", "neighbor") else None
+    sim = simulate_labels(true, len(classes), kind, rate, seed, trusted_per_class, mapping, paths)
+    out = Path(out)
+    if out.resolve() == inp.base_dir.resolve():
+        raise ConfigError(f"--out {out}: choose a folder other than the dataset's own")
+    ids = inp.ids()
+    frame = inp.frame.copy()
+    if inp.kind == "folder":
+        frame.insert(0, "id", ids)
+    frame[inp.path_column] = rewrite_paths(frame[inp.path_column].astype(object), inp.base_dir, out)
+    names = np.array(classes, dtype=object)
+    noisy_values = [label_text(v) for v in names[sim.noisy]]
+    frame[inp.label_column] = _like(inp.frame[inp.label_column], noisy_values)
+    keep = ~sim.trusted
+    fmt = "parquet" if inp.kind == "parquet" else "csv"
+    write_table(out / f"noisy.{fmt}", frame[keep].reset_index(drop=True))
+    trusted = frame[sim.trusted][[c for c in frame.columns if c in ("id", inp.path_column, inp.label_column)]]
+    trusted = trusted.assign(**{inp.label_column: _like(inp.frame[inp.label_column], list(names[sim.true[sim.trusted]]))})
+    write_table(out / "trusted.csv", trusted.reset_index(drop=True))
+    truth = pd.DataFrame({"id": ids, "path": frame[inp.path_column], "label": names[sim.true]})
+    write_table(out / "truth.csv", truth[keep].reset_index(drop=True))
+    write_table(out / "realised_transition.csv",
+                pd.DataFrame(sim.realised, index=pd.Index(classes, name="true\\noisy"), columns=classes).reset_index())
+    report = {
+        "noise": kind, "rate": rate, "seed": seed, "trusted_per_class": trusted_per_class,
+        "classes": classes, "samples": int(keep.sum()), "trusted": int(sim.trusted.sum()),
+        "flipped": int((sim.noisy[keep] != sim.true[keep]).sum()),
+        "realised_rate": round(sim.realised_rate, 6),
+        "matrix": None if sim.matrix is None else sim.matrix.round(6).tolist(),
+        "realised_matrix": sim.realised.round(6).tolist(),
+        "map": class_map, "outputs": [f"noisy.{fmt}", "trusted.csv", "truth.csv",
+                                      "realised_transition.csv", "noise.json"],
+    }
+    write_json(out / "noise.json", report)
+    return report
+
+
+def _like(original: pd.Series, values: list[str]) -> list[Any]:
+    """Labels in the input's own type (ints stay ints in Parquet)."""
+    if pd.api.types.is_integer_dtype(original.dtype):
+        return [int(v) for v in values]
+    return values
