@@ -1,0 +1,196 @@
+"""Benchmark labelclean on the shared CIFAR-10 / MNIST subsets with injected label noise.
+
+    python benchmarks/noisy_sets.py --dataset cifar10 --settings uniform:0.2 \
+        --methods ce mlc mslg ieg mlnt auto [--cleanlab] [--oracle] [--limit N] [--epochs E]
+
+For each setting the clean labels get noise from ``labelclean simulate`` (10 trusted images
+per class, excluded from the noisy part), then each method audits the noisy manifest with the
+same backbone, epochs and seed and is evaluated against the truth. ``--cleanlab`` adds
+cleanlab (``find_label_issues`` with defaults, and ``get_label_quality_scores``) on
+out-of-sample probabilities from K-fold cross-validation (K=4) of the same backbone and
+epochs; ``--oracle`` the same K-fold training on the clean labels, scoring ``1 − p(given)``:
+the ceiling for this backbone. cleanlab is a benchmark-only dependency
+(``pip install cleanlab``). Data is read from ``../shared/data``; without it the script says
+so and exits. Results go to docs/benchmarks.md (section ``noisy_<dataset>``) and
+benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from common import ROOT, SHARED_DATA, command, fmt, machine, write_section
+from PIL import Image
+
+from labelclean import RunConfig, audit
+from labelclean.evaluate import evaluate_run
+from labelclean.metrics import detection_metrics
+from labelclean.noise import simulate
+
+CIFAR_MAP = "truck:automobile,bird:airplane,deer:horse,cat:dog,dog:cat"
+CACHE = ROOT / "benchmarks" / ".cache"
+
+
+def materialise(name: str, limit: int | None) -> Path:
+    """Write the shared arrays as PNG files plus a clean manifest (once; cached)."""
+    path = SHARED_DATA / f"{name}_subset.npz"
+    if not path.is_file():
+        print(f"skipping: {path} not found (benchmark data lives in ../shared/data)")
+        sys.exit(0)
+    data = np.load(path, allow_pickle=False)
+    x, y, classes = data["x"], data["y"], [str(c) for c in data["classes"]]
+    n = len(y) if limit is None else min(limit, len(y))
+    root = CACHE / f"{name}-{n}"
+    manifest = root / "clean.csv"
+    if manifest.is_file():
+        return manifest
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        rel = f"images/{i:05d}.png"
+        Image.fromarray(x[i]).save(root / rel)
+        rows.append((f"{name}_{i:05d}", rel, classes[int(y[i])]))
+    pd.DataFrame(rows, columns=["id", "path", "label"]).to_csv(manifest, index=False)
+    return manifest
+
+
+def kfold_probs(manifest: Path, labels: list[str], classes: list[str], k: int, epochs: int,
+                seed: int, augment: str, work: Path) -> tuple[np.ndarray, float]:
+    """Out-of-sample probabilities from K-fold training of the default backbone with ``ce``."""
+    from labelclean.audit import fit_batch_size, fit_image_size
+    from labelclean.data.images import decode_images
+    from labelclean.methods.ce import CrossEntropy
+    from labelclean.progress import Reporter
+    from labelclean.train.loop import _normalisation, train
+
+    frame = pd.read_csv(manifest, dtype=str)
+    paths = [str((manifest.parent / p).resolve()) for p in frame["path"]]
+    size = fit_image_size(paths, "small_cnn")
+    pixels, _ = decode_images(paths, size)
+    index = {c: i for i, c in enumerate(classes)}
+    y = torch.tensor([index[v] for v in labels])
+    n = len(y)
+    folds = np.random.default_rng(seed).permutation(n) % k
+    probs = np.zeros((n, len(classes)))
+    started = time.perf_counter()
+    for f in range(k):
+        tr, te = np.flatnonzero(folds != f), np.flatnonzero(folds == f)
+        config = RunConfig(dataset=str(manifest), method="ce", epochs=epochs, image_size=size,
+                           batch_size=fit_batch_size(len(tr)), augment=augment, seed=seed + f)
+        result = train(config, pixels[tr], y[tr], torch.zeros(len(tr), dtype=torch.bool),
+                       [str(i) for i in tr], len(classes), CrossEntropy(), work / f"fold{f}", Reporter())
+        model = result.model.eval()
+        mean, std = _normalisation(model, pixels[tr])
+        with torch.no_grad():
+            xb = pixels[te].float().div(255).sub(mean.view(1, 3, 1, 1)).div(std.view(1, 3, 1, 1))
+            if model.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            probs[te] = torch.cat([model(xb[i:i + 512]).softmax(1) for i in range(0, len(te), 512)]).numpy()
+    return probs, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["cifar10", "mnist"], default="cifar10")
+    parser.add_argument("--settings", nargs="+", default=["uniform:0.2"])
+    parser.add_argument("--methods", nargs="+", default=["ce", "mlc", "mslg", "ieg", "mlnt", "auto"])
+    parser.add_argument("--cleanlab", action="store_true")
+    parser.add_argument("--oracle", action="store_true")
+    parser.add_argument("--limit", type=int, default=None, help="use the first N images")
+    parser.add_argument("--epochs", type=int, default=None, help="default: labelclean's fit to data")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--folds", type=int, default=4)
+    args = parser.parse_args()
+
+    manifest = materialise(args.dataset, args.limit)
+    augment = "crop-flip" if args.dataset == "cifar10" else "crop"
+    raw = {"command": command(), "machine": machine(), "dataset": args.dataset,
+           "images": int(len(pd.read_csv(manifest))), "results": {}}
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for setting in args.settings:
+            kind, rate = setting.split(":")
+            sim_dir = tmp / setting.replace(":", "_")
+            report = simulate(manifest, sim_dir, kind, float(rate), seed=args.seed, trusted_per_class=10,
+                              class_map=CIFAR_MAP if kind == "asymmetric" else None)
+            print(f"{setting}: {report['flipped']} of {report['samples']} labels wrong", flush=True)
+            rows = {}
+            for method in args.methods:
+                config = RunConfig(dataset=str(sim_dir / "noisy.csv"), trusted=str(sim_dir / "trusted.csv"),
+                                   out=str(tmp / f"{setting}-{method}"), method=method, augment=augment,
+                                   epochs=args.epochs, seed=args.seed)
+                start = time.perf_counter()
+                result = audit(config)
+                wall = time.perf_counter() - start
+                ev = evaluate_run(result.run_dir, sim_dir / "truth.csv")
+                rows[method] = {**{k: ev[k] for k in ("auroc", "ap", "precision", "recall", "f1", "flagged",
+                                                      "errors", "label_accuracy_before",
+                                                      "label_accuracy_after_relabel")},
+                                "wall_seconds": wall, "train_seconds": result.summary["timings"]["train_seconds"],
+                                "epochs": result.summary["epochs"]}
+                print(f"  {method}: F1 {ev['f1']:.3f} AUROC {ev['auroc']:.3f} AP {ev['ap']:.3f} "
+                      f"flagged {ev['flagged']}/{ev['errors']} acc {ev['label_accuracy_before']:.3f}->"
+                      f"{ev['label_accuracy_after_relabel']:.3f} wall {wall:.0f}s", flush=True)
+            epochs = next(iter(rows.values()))["epochs"] if rows else (args.epochs or 20)
+            if args.cleanlab or args.oracle:
+                noisy = pd.read_csv(sim_dir / "noisy.csv", dtype=str)
+                truth = pd.read_csv(sim_dir / "truth.csv", dtype=str).set_index("id").loc[noisy["id"]]
+                classes = report["classes"]
+                wrong = (noisy["label"].to_numpy() != truth["label"].to_numpy())
+                given = np.array([classes.index(v) for v in noisy["label"]])
+            if args.cleanlab:
+                from cleanlab.filter import find_label_issues
+                from cleanlab.rank import get_label_quality_scores
+
+                probs, seconds = kfold_probs(sim_dir / "noisy.csv", list(noisy["label"]), classes,
+                                             args.folds, epochs, args.seed, augment, tmp / "cl")
+                issues = find_label_issues(given, probs)
+                score = 1 - get_label_quality_scores(given, probs)
+                m = detection_metrics(score, issues, wrong)
+                after = np.where(issues, probs.argmax(1), given)
+                true_idx = np.array([classes.index(v) for v in truth["label"]])
+                rows["cleanlab"] = {**m, "label_accuracy_before": float((given == true_idx).mean()),
+                                    "label_accuracy_after_relabel": float((after == true_idx).mean()),
+                                    "wall_seconds": seconds, "train_seconds": seconds, "epochs": epochs}
+                print(f"  cleanlab: F1 {m['f1']:.3f} AUROC {m['auroc']:.3f} wall {seconds:.0f}s", flush=True)
+            if args.oracle:
+                probs, seconds = kfold_probs(sim_dir / "noisy.csv", list(truth["label"]), classes,
+                                             args.folds, epochs, args.seed, augment, tmp / "or")
+                score = 1 - probs[np.arange(len(given)), given]
+                m = detection_metrics(score, score >= 0.5, wrong)
+                rows["oracle"] = {**m, "label_accuracy_before": float("nan"),
+                                  "label_accuracy_after_relabel": float("nan"),
+                                  "wall_seconds": seconds, "train_seconds": seconds, "epochs": epochs}
+                print(f"  oracle: AUROC {m['auroc']:.3f} AP {m['ap']:.3f}", flush=True)
+            raw["results"][setting] = {"noise": report, "rows": rows}
+            base = rows.get("ce", {}).get("wall_seconds")
+            lines += [f"### {setting} ({report['flipped']} of {report['samples']} labels wrong, "
+                      f"{report['trusted']} trusted, {epochs} epochs)", "",
+                      "| method | AUROC | AP | precision | recall | F1 | flagged / errors | "
+                      "label acc. before -> after | wall s | time vs ce |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
+            for name, r in rows.items():
+                rel = fmt(r["wall_seconds"] / base, 2) if base else "n/a"
+                lines.append(
+                    f"| {name} | {fmt(r['auroc'])} | {fmt(r['ap'])} | {fmt(r['precision'])} | "
+                    f"{fmt(r['recall'])} | {fmt(r['f1'])} | {r['flagged']} / {r['errors']} | "
+                    f"{fmt(r['label_accuracy_before'])} -> {fmt(r['label_accuracy_after_relabel'])} | "
+                    f"{r['wall_seconds']:.0f} | {rel} |")
+            lines.append("")
+    head = [f"## {args.dataset} subset with injected noise ({raw['images']} images)", "",
+            f"Command: `{raw['command']}`; machine: {raw['machine']['cpu_count']} CPU cores, "
+            f"torch {raw['machine']['torch']}; backbone small_cnn, `--augment {augment}`, seed {args.seed}.",
+            ""]
+    write_section(f"noisy_{args.dataset}", "\n".join(head + lines), raw)
+
+
+if __name__ == "__main__":
+    main()
