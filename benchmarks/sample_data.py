@@ -24,6 +24,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--methods", nargs="+", default=["ce", "mlc", "mslg", "ieg", "mlnt", "auto"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--meta-scope", choices=["head", "full"], default="head")
+    parser.add_argument("--epochs", type=int, default=None)
     args = parser.parse_args()
     data = ROOT / "sample_data"
     rows, raw = [], {"command": command(), "machine": machine(), "runs": {}}
@@ -31,7 +33,7 @@ def main() -> None:
         for method in args.methods:
             config = RunConfig(dataset=str(data / "digits"), trusted=str(data / "trusted.csv"),
                                out=str(Path(tmp) / method), method=method, augment="crop",
-                               seed=args.seed)
+                               seed=args.seed, meta_scope=args.meta_scope, epochs=args.epochs)
             start = time.perf_counter()
             result = audit(config)
             wall = time.perf_counter() - start
@@ -42,7 +44,8 @@ def main() -> None:
             print(f"{method}: F1 {ev['f1']:.3f} AUROC {ev['auroc']:.3f} wall {wall:.1f}s", flush=True)
     base = next((w for m, _, _, w in rows if m == "ce"), None)
     lines = [
-        "## sample_data (scikit-learn digits, 1,797 images, 90 flipped labels, 100 trusted)",
+        f"## sample_data, meta scope {args.meta_scope} (scikit-learn digits, 1,797 images, "
+        "90 flipped labels, 100 trusted)",
         "",
         f"Command: `{raw['command']}`; machine: {raw['machine']['cpu_count']} CPU cores, "
         f"torch {raw['machine']['torch']}. Default settings: image size "
@@ -61,7 +64,8 @@ def main() -> None:
             f"{fmt(ev['label_accuracy_before'])} -> {fmt(ev['label_accuracy_after_relabel'])} | "
             f"{t['train_images_per_second']:.0f} | {wall:.1f} | {rel} |"
         )
-    write_section("sample_data", "\n".join(lines), raw)
+    name = "sample_data" if args.meta_scope == "head" else "sample_data_full"
+    write_section(name, "\n".join(lines), raw)
 
 
 if __name__ == "__main__":

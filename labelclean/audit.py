@@ -265,6 +265,12 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
         "config": config.to_dict(),
     }
     write_json(run_dir / "summary.json", summary)
+    if config.report:
+        from labelclean.html_report import build_report
+
+        build_report(run_dir)
+        summary["outputs"] = sorted([*summary["outputs"], "report.html"])
+        write_json(run_dir / "summary.json", summary)
     return AuditResult(run_dir, scores, summary, config, transition, reporter.notices)
 
 

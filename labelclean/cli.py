@@ -84,6 +84,7 @@ def audit(
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in --out.")] = False,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
     top: Annotated[int, typer.Option(help="Suspects to show at the end.")] = 10,
+    report: Annotated[bool, typer.Option(help="Write report.html (thumbnails of the suspects).")] = True,
 ) -> None:
     """Audit a dataset: rank suspect labels, suggest corrections, write a corrected manifest."""
     from labelclean.audit import audit as run_audit
@@ -97,7 +98,7 @@ def audit(
         image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
         seed=seed, path_column=path_column, label_column=label_column, id_column=id_column,
         threshold=threshold, meta_scope=meta_scope, method_options=_parse_options(option or []),
-        strict=strict, resume=resume, overwrite=overwrite, device=device,
+        strict=strict, resume=resume, overwrite=overwrite, device=device, report=report,
     )
     result = run_audit(config, RichReporter(err))
     print_audit_summary(out, result, top)
@@ -195,6 +196,18 @@ def simulate(
         for c, row in zip(classes, report["realised_matrix"]):
             table.add_row(c, *(f"{v:.2f}" for v in row))
         out.print(table)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
+    dest: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: RUN_DIR/report.html).")] = None,
+    max_cards: Annotated[int, typer.Option(help="Suspects with thumbnails (highest suspicion first).")] = 2000,
+) -> None:
+    """Rebuild the self-contained HTML report of a run."""
+    from labelclean.html_report import build_report
+
+    out.print(str(build_report(run_dir, dest, max_cards)), highlight=False)
 
 
 @app.command()

@@ -14,7 +14,7 @@ from labelclean.errors import ConfigError
 CONFIG_VERSION = 1
 
 #: Settings that do not change what a run computes; they are left out of the resume check.
-NON_SEMANTIC_FIELDS = ("out", "resume", "overwrite", "device", "num_threads", "progress")
+NON_SEMANTIC_FIELDS = ("out", "resume", "overwrite", "device", "num_threads", "progress", "report")
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,7 @@ class RunConfig:
     device: str = "cpu"
     num_threads: int | None = None
     progress: bool = True
+    report: bool = True
 
     def validate(self) -> RunConfig:
         """Check ranges and names; raise :class:`ConfigError` with what was expected."""
