@@ -6,7 +6,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +258,7 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
         },
         "method_summary": {k: v for k, v in evidence.summary.items() if k != "notes"},
         "notes": notes,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "outputs": sorted([*OUTPUT_FILES, "transition_matrix.csv", corrected_name]
                           + [f"{name}.parquet" for name in evidence.arrays]
                           + (["skipped.csv"] if failures else [])),
@@ -285,7 +286,8 @@ def _score(
     suggested = np.asarray(evidence.suggested, dtype=np.int64).copy()
     free = ~verified
     alt, share = alternative(np.asarray(evidence.belief), given)
-    decision = decide(suspicion[free], share[free] >= ALTERNATIVE_SHARE, config.threshold)
+    p_wrong = None if evidence.p_wrong is None else np.asarray(evidence.p_wrong)[free]
+    decision = decide(suspicion[free], share[free] >= ALTERNATIVE_SHARE, config.threshold, p_wrong)
 
     posterior = np.zeros(len(table))
     posterior[free] = decision.posterior

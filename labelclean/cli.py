@@ -64,7 +64,7 @@ def audit(
     dataset: Annotated[Path, typer.Argument(help="Image folder (one sub-folder per class) or a CSV/Parquet manifest.")],
     trusted: Annotated[Optional[Path], typer.Option(help="CSV/Parquet of verified labels (path, label).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: a new folder under ./labelclean-runs/).")] = None,
-    method: Annotated[str, typer.Option(help="Method: see 'labelclean methods'.")] = "ce",
+    method: Annotated[str, typer.Option(help="Method: see 'labelclean methods' (default auto: all four combined).")] = "auto",
     backbone: Annotated[str, typer.Option(help="small_cnn, resnet18 or resnet50.")] = "small_cnn",
     weights: Annotated[Optional[str], typer.Option(help="'imagenet' (torchvision) or a local checkpoint path.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size (default: fit to data).")] = None,
@@ -113,11 +113,20 @@ def review(
     all_samples: Annotated[bool, typer.Option("--all", help="Include samples that are not flagged.")] = False,
     sort: Annotated[str, typer.Option(help="Sort by suspicion, rank, given_label or suggested_label.")] = "suspicion",
     fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    interactive: Annotated[bool, typer.Option(help="Walk through suspects and record decisions in decisions.csv.")] = False,
 ) -> None:
-    """Show suspects from a run, filtered and sorted, as a table or JSON."""
+    """Show suspects from a run, filtered and sorted, as a table or JSON; or review them one by one."""
     from labelclean.report import print_suspects, select_suspects
     from labelclean.runs import Run
 
+    if interactive:
+        from labelclean.review_session import ReviewSession, interactive_input, require_tty
+
+        require_tty(sys.stdin.isatty())
+        session = ReviewSession(run_dir, class_name)
+        made = session.run_loop(interactive_input(session.classes), out)
+        err.print(f"{made} decision(s) recorded in {Path(run_dir) / 'decisions.csv'}", highlight=False)
+        return
     if fmt not in ("table", "json"):
         raise ConfigError(f"--format: expected table or json, found {fmt!r}")
     run = Run.open(run_dir)
@@ -133,18 +142,36 @@ def review(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
-    fmt: Annotated[str, typer.Option("--format", help="csv, parquet or jsonl (default: the input's format).")] = "",
+    fmt: Annotated[str, typer.Option("--format", help="csv, parquet, jsonl or label-studio (default: the input's format).")] = "",
     policy: Annotated[str, typer.Option(help="relabel (apply strong suggestions), flag (add columns) or drop (remove flagged rows).")] = "relabel",
     threshold: Annotated[Optional[float], typer.Option(help="Treat suspicion >= this as flagged (default: the audit's decisions).")] = None,
     dest: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: inside the run folder).")] = None,
+    decisions: Annotated[bool, typer.Option(help="Apply reviewers' decisions (decisions.csv) over suggestions; write changes.csv.")] = False,
+    promote_trusted: Annotated[Optional[Path], typer.Option(help="Add reviewed labels to this trusted file for the next audit.")] = None,
 ) -> None:
     """Write corrected label files that can be fed straight back to 'labelclean audit'."""
     from labelclean.export import export_labels
 
-    written, changed, total = export_labels(run_dir, fmt or None, policy, threshold, dest)
-    verb = {"relabel": "relabelled", "drop": "dropped", "flag": "flagged"}[policy]
-    err.print(f"{verb} {changed} of {total} rows", highlight=False)
+    written, changed, total = export_labels(run_dir, fmt or None, policy, threshold, dest,
+                                            decisions, promote_trusted)
+    if fmt == "label-studio":
+        err.print(f"{changed} suspects as Label Studio tasks", highlight=False)
+    else:
+        verb = {"relabel": "relabelled", "drop": "dropped", "flag": "flagged"}[policy]
+        err.print(f"{verb if not decisions else 'changed'} {changed} of {total} rows", highlight=False)
     out.print(str(written), highlight=False)
+
+
+@app.command("import-decisions")
+def import_decisions_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
+    source: Annotated[Path, typer.Argument(help="decisions.csv-style CSV, or a Label Studio JSON export.")],
+) -> None:
+    """Read reviewers' decisions into the run (validated: unknown ids or labels are errors)."""
+    from labelclean.export import import_decisions
+
+    count = import_decisions(run_dir, source)
+    err.print(f"imported {count} decision(s) into {Path(run_dir) / 'decisions.csv'}", highlight=False)
 
 
 @app.command()

@@ -30,7 +30,7 @@ class RunConfig:
     path_column: str = "path"
     label_column: str = "label"
     id_column: str | None = None
-    method: str = "ce"
+    method: str = "auto"
     backbone: str = "small_cnn"
     weights: str | None = None
     image_size: int | None = None

@@ -120,14 +120,19 @@ def decide(
     suspicion: np.ndarray,
     confident: np.ndarray,
     threshold: float | None = None,
+    posterior: np.ndarray | None = None,
 ) -> Decision:
     """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold.
 
     ``confident`` marks samples whose suggested alternative is clear enough to apply
-    automatically; only those can be ``relabel``.
+    automatically; only those can be ``relabel``. ``posterior`` is a method's own calibrated
+    ``P(label wrong)``; without it the mixture is fitted to ``suspicion``.
     """
-    mixture = fit_mixture(suspicion)
-    if mixture is not None:
+    mixture = fit_mixture(suspicion) if posterior is None else None
+    if posterior is not None:
+        posterior = np.asarray(posterior, dtype=np.float64)
+        method = "method posterior"
+    elif mixture is not None:
         posterior = mixture.posterior(suspicion)
         method = "mixture"
     else:

@@ -12,7 +12,7 @@ from tests.conftest import FAST, tree_digest
 
 def _config(tiny, tmp_path, **kw):
     base = dict(dataset=str(tiny.csv), trusted=str(tiny.trusted), out=str(tmp_path / "run"),
-                backbone="test_tiny", epochs=4, batch_size=12, lr=0.1, image_size=12)
+                method="ce", backbone="test_tiny", epochs=4, batch_size=12, lr=0.1, image_size=12)
     return RunConfig(**{**base, **kw})
 
 

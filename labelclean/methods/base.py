@@ -122,6 +122,7 @@ class Evidence:
     transition: np.ndarray | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # (N, C) tables, saved by class
+    p_wrong: np.ndarray | None = None  # (N,) calibrated P(label wrong), if the method has one
 
 
 class Method:
