@@ -176,3 +176,45 @@ def test_transition_helpers_keep_distributions():
     probs = torch.softmax(torch.randn(5, 4), 1)
     post = posterior_given_noisy(probs, s.softmax(1), torch.tensor([0, 1, 2, 3, 0]))
     assert torch.allclose(post.sum(1), torch.ones(5))
+
+
+def test_ieg_weight_and_relabel_meta_gradients_match_finite_differences():
+    g = torch.Generator().manual_seed(5)
+    pseudo = torch.softmax(torch.randn(6, 3, generator=g), 1)
+
+    def by_omega(omega, theta, h, y):
+        t = 0.9 * F.one_hot(y, 3).double() + 0.1 * pseudo
+        return (omega * -(t * F.log_softmax(linear(theta, h), 1)).sum(1)).sum()
+
+    _check(by_omega, torch.full((6,), 1 / 6), lr=0.1)
+
+    def by_lambda(lam, theta, h, y):
+        t = lam[:, None] * F.one_hot(y, 3).double() + (1 - lam[:, None]) * pseudo
+        return (-(t * F.log_softmax(linear(theta, h), 1)).sum(1)).sum() / 6
+
+    _check(by_lambda, torch.full((6,), 0.9), lr=0.1)
+
+
+def test_mlnt_meta_gradient_through_fast_steps_matches_finite_differences():
+    from labelclean.methods.mlnt import head_fast_logits, kl_mean_elements
+
+    g = torch.Generator().manual_seed(6)
+    w0 = torch.randn(3, 4, generator=g)
+    b = torch.randn(3, generator=g)
+    h = torch.randn(5, 4, generator=g)
+    sets = torch.randint(0, 3, (3, 5), generator=g)
+    target = torch.softmax(torch.randn(5, 3, generator=g), 1)
+
+    def loss(w):
+        fast = head_fast_logits(w, b, h, sets, 0.5)
+        return torch.stack([kl_mean_elements(target, fast[m]) for m in range(len(fast))]).mean()
+
+    w = w0.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss(w), [w])
+    fd = torch.zeros_like(w0)
+    for i in range(w0.numel()):
+        plus, minus = w0.clone(), w0.clone()
+        plus.view(-1)[i] += 1e-6
+        minus.view(-1)[i] -= 1e-6
+        fd.view(-1)[i] = (loss(plus) - loss(minus)) / 2e-6
+    assert torch.allclose(grad, fd, atol=1e-7, rtol=1e-5) and grad.abs().max() > 1e-6
