@@ -4,7 +4,9 @@ The flag threshold is derived from the data, not fixed: a two-component Gaussian
 fitted (EM) to ``logit(suspicion)`` of the unverified samples, one component for labels the
 model agrees with and one for labels it doubts (the approach DivideMix takes with per-sample
 losses). ``P(doubtful | suspicion)`` is the posterior of the high component. A sample is
-flagged (``is_suspect``) when that posterior is at least 0.5, and its suggested label is then
+flagged (``is_suspect``) when that posterior is at least 0.5 (when the two components overlap
+so much that no posterior reaches 0.5, the estimated number of wrong labels, highest
+suspicion first, is flagged for review instead), and its suggested label is then
 the most likely *other* class. Its label is proposed for automatic relabelling
 (``action = "relabel"``) only when the posterior is at least 0.9 and that class holds at least
 half of the belief off the given label; otherwise a flagged sample goes to ``review``.
@@ -140,6 +142,13 @@ def decide(
         method = "mixture (no separation: nothing flagged)"
     flag_t = _crossing(suspicion, posterior, FLAG_POSTERIOR)
     relabel_t = _crossing(suspicion, posterior, RELABEL_POSTERIOR)
+    expected = int(round(float(posterior.mean()) * len(posterior))) if len(posterior) else 0
+    if flag_t >= 1.0 and expected > 0:
+        # Overlapping components: no sample is more likely wrong than right, yet the mixture
+        # expects `expected` wrong labels. Flag that many, highest suspicion first, for
+        # review only (their P(wrong) is below the relabel level by construction).
+        flag_t = float(np.sort(suspicion)[::-1][expected - 1])
+        method += " (overlapping: estimated count flagged for review)"
     if threshold is not None:
         flag_t, method = float(threshold), "user"
         relabel_t = max(relabel_t, flag_t)

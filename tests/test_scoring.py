@@ -89,3 +89,15 @@ def test_crop_flip_is_a_per_sample_shift_or_mirror():
     for i in range(2):
         values = set(out[i].flatten().tolist()) - {0.0}
         assert values <= set(x[i].flatten().tolist())
+
+
+def test_overlapping_components_flag_the_estimated_count_for_review_only():
+    rng = np.random.default_rng(0)
+    s = 1 / (1 + np.exp(-np.concatenate([rng.normal(0.0, 0.5, 800), rng.normal(0.3, 0.5, 200)])))
+    d = decide(s, np.ones(len(s), bool))
+    expected = int(round(d.posterior.mean() * len(s)))
+    assert d.posterior.max() < 0.5  # the situation under test
+    assert "overlapping" in d.threshold_method
+    assert d.is_suspect.sum() == expected > 0
+    assert not d.relabel.any()
+    assert s[d.is_suspect].min() >= s[~d.is_suspect].max()
