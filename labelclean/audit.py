@@ -287,7 +287,9 @@ def _score(
     free = ~verified
     alt, share = alternative(np.asarray(evidence.belief), given)
     p_wrong = None if evidence.p_wrong is None else np.asarray(evidence.p_wrong)[free]
-    decision = decide(suspicion[free], share[free] >= ALTERNATIVE_SHARE, config.threshold, p_wrong)
+    strong = None if evidence.strong is None else np.asarray(evidence.strong)[free]
+    decision = decide(suspicion[free], share[free] >= ALTERNATIVE_SHARE, config.threshold, p_wrong,
+                      strong)
 
     posterior = np.zeros(len(table))
     posterior[free] = decision.posterior

@@ -123,12 +123,14 @@ def decide(
     confident: np.ndarray,
     threshold: float | None = None,
     posterior: np.ndarray | None = None,
+    strong: np.ndarray | None = None,
 ) -> Decision:
     """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold.
 
     ``confident`` marks samples whose suggested alternative is clear enough to apply
     automatically; only those can be ``relabel``. ``posterior`` is a method's own calibrated
-    ``P(label wrong)``; without it the mixture is fitted to ``suspicion``.
+    ``P(label wrong)``; without it the mixture is fitted to ``suspicion``. ``strong`` (a
+    method's own mask of strong evidence) replaces the ``P(wrong) >= 0.9`` relabel rule.
     """
     mixture = fit_mixture(suspicion) if posterior is None else None
     if posterior is not None:
@@ -153,7 +155,8 @@ def decide(
         flag_t, method = float(threshold), "user"
         relabel_t = max(relabel_t, flag_t)
     is_suspect = suspicion >= flag_t
-    relabel = is_suspect & (suspicion >= relabel_t) & confident
+    strong_enough = suspicion >= relabel_t if strong is None else np.asarray(strong, dtype=bool)
+    relabel = is_suspect & strong_enough & confident
     return Decision(posterior, is_suspect, relabel, flag_t, relabel_t, method)
 
 

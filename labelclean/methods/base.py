@@ -123,6 +123,7 @@ class Evidence:
     summary: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)  # (N, C) tables, saved by class
     p_wrong: np.ndarray | None = None  # (N,) calibrated P(label wrong), if the method has one
+    strong: np.ndarray | None = None  # (N,) bool: evidence strong enough to relabel
 
 
 class Method:
