@@ -5,8 +5,8 @@ fitted (EM) to ``logit(suspicion)`` of the unverified samples, one component for
 model agrees with and one for labels it doubts (the approach DivideMix takes with per-sample
 losses). ``P(doubtful | suspicion)`` is the posterior of the high component. A sample is
 flagged (``is_suspect``) when that posterior is at least 0.5 (when the two components overlap
-so much that no posterior reaches 0.5, the estimated number of wrong labels, highest
-suspicion first, is flagged for review instead), and its suggested label is then
+so much that fewer than half of the estimated number of wrong labels reach 0.5, that
+estimated number, highest suspicion first, is flagged instead), and its suggested label is then
 the most likely *other* class. Its label is proposed for automatic relabelling
 (``action = "relabel"``) only when the posterior is at least 0.9 and that class holds at least
 half of the belief off the given label; otherwise a flagged sample goes to ``review``.
@@ -145,12 +145,12 @@ def decide(
     flag_t = _crossing(suspicion, posterior, FLAG_POSTERIOR)
     relabel_t = _crossing(suspicion, posterior, RELABEL_POSTERIOR)
     expected = int(round(float(posterior.mean()) * len(posterior))) if len(posterior) else 0
-    if flag_t >= 1.0 and expected > 0:
-        # Overlapping components: no sample is more likely wrong than right, yet the mixture
-        # expects `expected` wrong labels. Flag that many, highest suspicion first, for
-        # review only (their P(wrong) is below the relabel level by construction).
+    if threshold is None and expected > 0 and (suspicion >= flag_t).sum() < expected / 2:
+        # Overlapping components: few samples are more likely wrong than right, yet the
+        # mixture expects `expected` wrong labels. Flag that many, highest suspicion first;
+        # relabelling still needs P(wrong) >= 0.9, so the extra ones go to review.
         flag_t = float(np.sort(suspicion)[::-1][expected - 1])
-        method += " (overlapping: estimated count flagged for review)"
+        method += " (overlapping: estimated count flagged)"
     if threshold is not None:
         flag_t, method = float(threshold), "user"
         relabel_t = max(relabel_t, flag_t)
