@@ -260,6 +260,11 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except BrokenPipeError:
+        # stdout was closed early (e.g. `| head`): stop quietly, as the Python docs advise.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        sys.exit(1)
     except Exception as exc:  # a bug: still one line, with a way to see the details
         _fail(f"unexpected {type(exc).__name__}: {exc} (set LABELCLEAN_DEBUG=1 for details)", 1, exc)
 
