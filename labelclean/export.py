@@ -19,14 +19,14 @@ from labelclean.runs import Run
 LS_PREFIX = "/data/local-files/?d="
 
 
-def _run_ids(run: Run) -> list[str]:
-    """Sample ids of the corrected manifest's rows, in order (from the unchanged input)."""
+def _run_ids(run: Run, rows: int) -> list[str]:
+    """Sample ids of the corrected manifest's ``rows`` rows, in order (from the unchanged input)."""
     c = run.config
     inp = load_input(Path(c.dataset), c.path_column, c.label_column, c.id_column)
     ids = inp.ids()
-    if len(ids) != len(run.corrected()):
+    if len(ids) != rows:
         raise DataError(f"{c.dataset}: the input changed since the audit "
-                        f"({len(ids)} rows now, {len(run.corrected())} then); audit it again")
+                        f"({len(ids)} rows now, {rows} then); audit it again")
     return ids
 
 
@@ -59,14 +59,14 @@ def export_labels(
     label_column = "label" if kind == "folder" else run.config.label_column
     path_column = "path" if kind == "folder" else run.config.path_column
     corrected = run.corrected()
-    values = run.label_values()
+    values = run.label_values(corrected)
     frame, changed = apply_policy(corrected, label_column, policy, threshold, values)
     dest = Path(dest) if dest else run.path / f"labels-{policy}.{fmt}"
     inputs = {Path(p).resolve() for p in (run.config.dataset, run.config.trusted) if p}
     if dest.resolve() in inputs or (promote_trusted and Path(promote_trusted).resolve() == Path(run.config.dataset).resolve()):
         raise ConfigError(f"--out {dest}: would overwrite an input file of the audit; choose another path")
     if decisions or promote_trusted:
-        ids = _run_ids(run)
+        ids = _run_ids(run, len(corrected))
         decided = load_decisions(run.path)
         decided = decided[decided["decision"] != "skip"].set_index("sample_id")
         if decisions:

@@ -50,9 +50,9 @@ class Run:
     def corrected(self) -> pd.DataFrame:
         return read_table(self.corrected_path())
 
-    def label_values(self) -> dict[str, Any]:
+    def label_values(self, corrected: pd.DataFrame | None = None) -> dict[str, Any]:
         """Class name -> the label value as the input wrote it (e.g. ints in Parquet)."""
-        frame = self.corrected()
+        frame = self.corrected() if corrected is None else corrected
         column = self.config.label_column if self.summary.get("input_kind") != "folder" else "label"
         out: dict[str, Any] = {}
         for v in frame[column]:
