@@ -14,7 +14,7 @@ from labelclean.errors import ConfigError
 CONFIG_VERSION = 1
 
 #: Settings that do not change what a run computes; they are left out of the resume check.
-NON_SEMANTIC_FIELDS = ("out", "resume", "overwrite", "device", "num_threads", "progress", "report")
+NON_SEMANTIC_FIELDS = ("out", "resume", "overwrite", "device", "num_threads", "report")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,6 @@ class RunConfig:
     overwrite: bool = False
     device: str = "cpu"
     num_threads: int | None = None
-    progress: bool = True
     report: bool = True
 
     def validate(self) -> RunConfig:

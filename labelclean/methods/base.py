@@ -234,6 +234,11 @@ def belief_evidence(belief: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndar
     return suspicion.double().cpu().numpy(), belief.argmax(1).cpu().numpy()
 
 
+def per_sample_soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``-sum_c target_c log softmax(logits)_c`` for each row, ``(B,)``."""
+    return -(target * F.log_softmax(logits, dim=1)).sum(1)
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of ``-sum_c target_c log softmax(logits)_c``."""
-    return -(target * F.log_softmax(logits, dim=1)).sum(1).mean()
+    """Mean over the batch of :func:`per_sample_soft_ce`."""
+    return per_sample_soft_ce(logits, target).mean()

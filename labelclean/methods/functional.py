@@ -112,7 +112,3 @@ def sharpen(p: Tensor, temperature: float) -> Tensor:
     q = p ** (1.0 / temperature)
     return q / q.sum(1, keepdim=True)
 
-
-def kl_rows(p: Tensor, log_q: Tensor) -> Tensor:
-    """``Σ_c p (log p − log q)`` per row (``p`` a distribution, zeros allowed)."""
-    return (p * (torch.log(p.clamp_min(1e-12)) - log_q)).sum(1)

@@ -12,7 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_evidence, soft_cross_entropy
+from labelclean.methods.base import (
+    METHODS,
+    Batch,
+    Evidence,
+    TrainContext,
+    belief_evidence,
+    per_sample_soft_ce,
+    soft_cross_entropy,
+)
 from labelclean.methods.functional import (
     head_sensitivity,
     ieg_head_grads,
@@ -22,10 +30,6 @@ from labelclean.methods.functional import (
     sharpen,
 )
 from labelclean.methods.meta import MetaMethod, Shared
-
-
-def per_sample_soft_ce(logits: Tensor, target: Tensor) -> Tensor:
-    return -(target * F.log_softmax(logits, 1)).sum(1)
 
 
 @METHODS.register("ieg")

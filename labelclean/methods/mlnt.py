@@ -203,14 +203,14 @@ class MLNT(MetaMethod):
                 fast_params = {k: p - lr * gi for (k, p), gi in zip(params.items(), g)}
                 terms.append(kl_mean_elements(target, functional_forward(ctx.model, fast_params, batch.x)))
             meta = torch.stack(terms).mean()
-        weight, self._decay = self._schedule()
+        weight, _ = self._schedule()
         return loss_c + weight * meta
 
     @torch.no_grad()
     def after_step(self, batch: Batch) -> None:
         if self.in_warmup or self.iteration < 0:
             return
-        d = getattr(self, "_decay", float(self.options["ema"]))
+        _, d = self._schedule()  # ctx.step has not advanced since training_step
         for t, s in zip(self.teacher.parameters(), self.context.model.parameters()):
             t.mul_(d).add_(s.detach(), alpha=1 - d)
         for t, s in zip(self.teacher.buffers(), self.context.model.buffers()):
