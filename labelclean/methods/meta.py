@@ -35,13 +35,15 @@ class Shared:
     """Per-step inputs that several methods can share (``auto`` computes each once).
 
     ``x_ref``/``y_ref``: a reference (trusted) batch; ``h_ref``: its train-mode features;
-    ``z2``: logits of the second augmented view (no gradient unless a method asks).
+    ``z2``: logits of the second augmented view (no gradient unless a method asks);
+    ``p_teacher``: an EMA teacher's probabilities for the batch (MLNT's consistency target).
     """
 
     x_ref: Tensor | None = None
     y_ref: Tensor | None = None
     h_ref: Tensor | None = None
     z2: Tensor | None = None
+    p_teacher: Tensor | None = None
 
 
 class MetaMethod(Method):

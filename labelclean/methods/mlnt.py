@@ -128,17 +128,20 @@ class MLNT(MetaMethod):
         else:
             mentor = self._better(student, self.teacher)
         self.mentor.load_state_dict(mentor.state_dict())
-        features = self._predict(self.mentor, lambda net, x: net.features(x))
+        features = self._predict(self.mentor, lambda net, x: net.features(x))  # one pass for both
         self.neighbours = torch.from_numpy(FaissKnn().fit(features.numpy()).kneighbors(int(self.options["k"])))
-        self.mentor_probs = self._predict(self.mentor, lambda net, x: net(x).softmax(1))
+        with torch.no_grad():
+            head = self.mentor.head
+            self.mentor_probs = torch.cat([head(features[i:i + 4096].to(head.weight.device)).softmax(1).float().cpu()
+                                           for i in range(0, len(features), 4096)])
         self.iteration = it
         self.iteration_start_step = ctx.step
 
-    def _predict(self, net: Backbone, fn: Any) -> Tensor:
+    def _predict(self, net: Backbone, fn: Any, rows: Tensor | None = None) -> Tensor:
         ctx = self.context
         net.eval()
         try:
-            return ctx.forward_all(lambda x: fn(net, x))
+            return ctx.forward_all(lambda x: fn(net, x), rows)
         finally:
             net.train()
 
@@ -150,8 +153,8 @@ class MLNT(MetaMethod):
         y = self.context.labels.cpu()[rows]
         accs = []
         for net in (student, teacher):
-            p = self._predict(net, lambda m, x: m(x))
-            accs.append((p[rows].argmax(1) == y).float().mean().item())
+            p = self._predict(net, lambda m, x: m(x), rows)
+            accs.append((p.argmax(1) == y).float().mean().item())
         return student if accs[0] > accs[1] else teacher
 
     def training_rows(self) -> Tensor | None:
@@ -182,8 +185,10 @@ class MLNT(MetaMethod):
             keep |= batch.verified.cpu()
             per_sample = per_sample * keep.to(per_sample.device, per_sample.dtype)
         loss_c = per_sample.mean()
-        with torch.no_grad():
-            p_teacher = self.teacher(batch.x).softmax(1)
+        p_teacher = shared.p_teacher
+        if p_teacher is None:
+            with torch.no_grad():
+                p_teacher = self.teacher(batch.x).softmax(1)
         target = p_teacher
         if self.iteration > 0:
             mix = float(self.options["mentor_mix"])
