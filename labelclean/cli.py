@@ -155,7 +155,15 @@ def export(
     written, changed, total = export_labels(run_dir, fmt or None, policy, threshold, dest,
                                             decisions, promote_trusted)
     if fmt == "label-studio":
-        err.print(f"{changed} suspects as Label Studio tasks", highlight=False)
+        from labelclean.export import local_files
+
+        where = local_files(run_dir)
+        err.print(f"{changed} suspects as Label Studio tasks; labelling config in "
+                  f"{written.with_name(written.stem + '-config.xml')}\n"
+                  f"Label Studio: start it with LOCAL_FILES_SERVING_ENABLED=true "
+                  f"LOCAL_FILES_DOCUMENT_ROOT={where.document_root}, create a project with that "
+                  f"config, add a Local Files storage at {where.storage} (no sync), then import "
+                  f"the tasks file.", highlight=False, soft_wrap=True)
     else:
         verb = {"relabel": "relabelled", "drop": "dropped", "flag": "flagged"}[policy]
         err.print(f"{verb if not decisions else 'changed'} {changed} of {total} rows", highlight=False)

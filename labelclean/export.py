@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pandas as pd
 from labelclean.data.dataset import label_text, load_input
 from labelclean.decisions import load_decisions
 from labelclean.errors import ConfigError, DataError
-from labelclean.io import read_table, write_json, write_table
+from labelclean.io import read_table, write_json, write_table, write_text
 from labelclean.outputs import EXPORT_FORMATS, apply_policy, rewrite_paths, write_manifest
 from labelclean.runs import Run
 
@@ -124,13 +125,49 @@ def _promote(run: Run, corrected: pd.DataFrame, ids: list[str], decided: pd.Data
     write_table(target, new.reset_index(drop=True))
 
 
+@dataclass(frozen=True)
+class LocalFiles:
+    """Where Label Studio finds the images: ``document_root`` is its
+    ``LOCAL_FILES_DOCUMENT_ROOT``, ``storage`` the path of the project's Local Files storage (a
+    folder below the root: Label Studio refuses the root itself and serves a file only under a
+    project's storage). Task images are ``/data/local-files/?d=<path from document_root>``."""
+
+    document_root: Path
+    storage: Path
+
+    def reference(self, image: Path) -> str:
+        return LS_PREFIX + Path(os.path.relpath(image, self.document_root)).as_posix()
+
+
+def _image_paths(run: Run, scores: pd.DataFrame) -> list[Path]:
+    """Absolute image paths of ``scores`` rows (relative paths are from the dataset folder)."""
+    dataset = Path(run.config.dataset)
+    base = dataset if dataset.is_dir() else dataset.parent
+    return [Path(os.path.normpath(base / str(p))) for p in scores["path"]]
+
+
+def local_files(run_dir: Path) -> LocalFiles:
+    """The Label Studio local-files layout for a run: the storage is the folder holding all its
+    images, the document root that folder's parent."""
+    run = Run.open(Path(run_dir))
+    images = _image_paths(run, run.scores())
+    storage = Path(os.path.commonpath([str(p.parent) for p in images])) if images else Path("/")
+    if storage.parent == storage:
+        raise DataError(f"{run.config.dataset}: the images share no folder below {storage}; Label "
+                        "Studio needs them under one folder (its Local Files storage)")
+    return LocalFiles(storage.parent, storage)
+
+
 def export_label_studio(run: Run, dest: Path | None) -> tuple[Path, int, int]:
     """One Label Studio task per suspect: the given label as the annotation to review and the
     suggestion as a scored prediction, for the image-classification template
-    (``<Choices name="choice" toName="image">``). Images are referenced as
-    ``/data/local-files/?d=<path relative to the dataset folder>``: start Label Studio with
-    ``LOCAL_FILES_SERVING_ENABLED=true`` and ``LOCAL_FILES_DOCUMENT_ROOT`` at that folder."""
+    (``<Choices name="choice" toName="image">``), whose config is written beside the tasks as
+    ``<name>-config.xml``. Images are referenced through Label Studio's local-file serving
+    (:class:`LocalFiles`): start it with ``LOCAL_FILES_SERVING_ENABLED=true`` and
+    ``LOCAL_FILES_DOCUMENT_ROOT`` at the images' parent folder, and add a Local Files storage
+    at the images' folder to the project (do not sync it: the tasks come from this file)."""
     scores = run.scores()
+    layout = local_files(run.path)
     suspects = scores[scores["is_suspect"].astype(bool) & ~scores["verified"].astype(bool)]
     suspects = suspects.sort_values("suspicion", ascending=False, kind="stable")
 
@@ -139,9 +176,9 @@ def export_label_studio(run: Run, dest: Path | None) -> tuple[Path, int, int]:
                  "value": {"choices": [label]}}]
 
     tasks = []
-    for _, r in suspects.iterrows():
+    for image, (_, r) in zip(_image_paths(run, suspects), suspects.iterrows()):
         tasks.append({
-            "data": {"image": LS_PREFIX + str(r["path"]).replace(os.sep, "/"),
+            "data": {"image": layout.reference(image),
                      "sample_id": str(r["sample_id"]), "given_label": str(r["given_label"]),
                      "suggested_label": str(r["suggested_label"]),
                      "suspicion": float(r["suspicion"])},
@@ -151,6 +188,8 @@ def export_label_studio(run: Run, dest: Path | None) -> tuple[Path, int, int]:
         })
     dest = Path(dest) if dest else run.path / "label-studio-tasks.json"
     write_json(dest, tasks)
+    classes = [str(c) for c in run.summary.get("classes", [])]
+    write_text(dest.with_name(dest.stem + "-config.xml"), label_studio_config(classes) + "\n")
     return dest, len(tasks), len(scores)
 
 
@@ -164,7 +203,10 @@ def label_studio_config(classes: list[str]) -> str:
 
 
 def read_label_studio_export(path: Path) -> pd.DataFrame:
-    """Decisions from a Label Studio JSON export: the latest annotation of each task."""
+    """Decisions from a Label Studio JSON export: the latest reviewed annotation of each task.
+
+    Annotations still as imported (``updated_by`` empty) are skipped; the reviewer is whoever
+    last updated the annotation (``label-studio:<user id>`` where the export has only ids)."""
     try:
         tasks = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -177,7 +219,10 @@ def read_label_studio_export(path: Path) -> pd.DataFrame:
         sid = data.get("sample_id")
         if sid is None:
             raise DataError(f"{path} task {n}: no data.sample_id (was it exported by labelclean?)")
-        annotations = [a for a in task.get("annotations", []) if not a.get("was_cancelled")]
+        # An annotation nobody touched since import (Label Studio leaves ``updated_by`` empty)
+        # is the given label labelclean sent for review, not a decision.
+        annotations = [a for a in task.get("annotations", []) if isinstance(a, dict)
+                       and not a.get("was_cancelled") and not ("updated_by" in a and a["updated_by"] is None)]
         if not annotations:
             continue
         latest = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
@@ -188,9 +233,11 @@ def read_label_studio_export(path: Path) -> pd.DataFrame:
         label = str(labels[0])
         given, suggested = str(data.get("given_label", "")), str(data.get("suggested_label", ""))
         decision = "keep" if label == given else "accept" if label == suggested else "relabel"
-        who = latest.get("completed_by")
+        who = latest.get("updated_by") or latest.get("completed_by")
         if isinstance(who, dict):
             who = who.get("email") or who.get("id")
+        if isinstance(who, int):  # current exports carry user ids, not names
+            who = f"label-studio:{who}"
         rows.append({"sample_id": str(sid), "given_label": given, "decision": decision,
                      "label": label, "reviewer": str(who or "label-studio"),
                      "decided_at": str(latest.get("updated_at") or latest.get("created_at") or "")})

@@ -110,3 +110,24 @@ def test_import_refuses_unknown_ids_and_labels(run, tmp_path):
         import_decisions(run.run_dir, tmp_path / "d.csv")
     assert "'nope' is not in the run" in str(info.value) and "'wolf' is not a class" in str(info.value)
     assert not (run.run_dir / "decisions.csv").exists()
+
+
+def test_label_studio_export_skips_untouched_imported_annotations(tmp_path):
+    from labelclean.export import read_label_studio_export
+
+    def ann(label, updated_by, when):
+        return {"result": [{"type": "choices", "value": {"choices": [label]}}], "completed_by": 1,
+                "updated_by": updated_by, "updated_at": when}
+
+    data = {"sample_id": "s1", "given_label": "cat", "suggested_label": "dog"}
+    tasks = [
+        {"data": data, "annotations": [ann("cat", None, "2026-01-01")]},  # as imported: no decision
+        {"data": {**data, "sample_id": "s2"}, "annotations": [ann("cat", None, "2026-01-01"),
+                                                               ann("dog", 7, "2026-01-02")]},
+        {"data": {**data, "sample_id": "s3"}, "annotations": [ann("cat", 7, "2026-01-02")]},  # kept on review
+    ]
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    got = read_label_studio_export(tmp_path / "export.json").set_index("sample_id")
+    assert sorted(got.index) == ["s2", "s3"]
+    assert got.loc["s2", "decision"] == "accept" and got.loc["s3", "decision"] == "keep"
+    assert set(got["reviewer"]) == {"label-studio:7"}
