@@ -3,13 +3,16 @@
 The flag threshold is derived from the data, not fixed: a two-component Gaussian mixture is
 fitted (EM) to ``logit(suspicion)`` of the unverified samples, one component for labels the
 model agrees with and one for labels it doubts (the approach DivideMix takes with per-sample
-losses). ``P(doubtful | suspicion)`` is the posterior of the high component. A sample is
-flagged (``is_suspect``) when that posterior is at least 0.5 (when the two components overlap
-so much that fewer than half of the estimated number of wrong labels reach 0.5, that
-estimated number, highest suspicion first, is flagged instead), and its suggested label is then
-the most likely *other* class. Its label is proposed for automatic relabelling
-(``action = "relabel"``) only when the posterior is at least 0.9 and that class holds at least
-half of the belief off the given label; otherwise a flagged sample goes to ``review``.
+losses). ``P(doubtful | suspicion)`` is the posterior of the high component (or a method's
+own calibrated ``P(wrong)``). The estimated number of wrong labels is the sum of those
+posteriors, and that many samples, highest suspicion first, are flagged (``is_suspect``), so
+the flagged count is the estimate the summary reports. (Flagging where the posterior reaches
+0.5 instead is the per-sample Bayes rule, but it flags far fewer than the estimate when the
+components overlap: 431 for 871 wrong labels on CIFAR-10 with 40% uniform noise, against 651
+flagged by the count, F1 0.573 against 0.681; docs/benchmarks.md.) A flagged sample's
+suggested label is the most likely *other* class. Its label is proposed for automatic
+relabelling (``action = "relabel"``) only when the posterior is at least 0.9 and that class
+holds at least half of the belief off the given label; otherwise it goes to ``review``.
 The estimated noise rate is the mean posterior, overall and per given class.
 """
 
@@ -19,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-FLAG_POSTERIOR = 0.5
 RELABEL_POSTERIOR = 0.9
 ALTERNATIVE_SHARE = 0.5
 _EPS = 1e-4
@@ -142,15 +144,15 @@ def decide(
     else:
         posterior = np.zeros_like(suspicion, dtype=np.float64)
         method = "mixture (no separation: nothing flagged)"
-    flag_t = _crossing(suspicion, posterior, FLAG_POSTERIOR)
     relabel_t = _crossing(suspicion, posterior, RELABEL_POSTERIOR)
-    expected = int(round(float(posterior.mean()) * len(posterior))) if len(posterior) else 0
-    if threshold is None and expected > 0 and (suspicion >= flag_t).sum() < expected / 2:
-        # Overlapping components: few samples are more likely wrong than right, yet the
-        # mixture expects `expected` wrong labels. Flag that many, highest suspicion first;
-        # relabelling still needs P(wrong) >= 0.9, so the extra ones go to review.
-        flag_t = float(np.sort(suspicion)[::-1][expected - 1])
-        method += " (overlapping: estimated count flagged)"
+    expected = int(round(float(posterior.sum()))) if len(posterior) else 0
+    if expected > 0:
+        # Flag the estimated number of wrong labels, highest suspicion first; relabelling
+        # still needs P(wrong) >= 0.9, so where the evidence is weaker they go to review.
+        flag_t = float(np.sort(suspicion)[::-1][min(expected, len(suspicion)) - 1])
+        method += ": estimated count"
+    else:
+        flag_t = 1.0 + _EPS  # nothing is estimated wrong: nothing is flagged
     if threshold is not None:
         flag_t, method = float(threshold), "user"
         relabel_t = max(relabel_t, flag_t)

@@ -18,7 +18,8 @@ def _bimodal(n_clean=900, n_noisy=100, seed=0):
 def test_mixture_threshold_separates_two_populations_and_tracks_their_size():
     s, noisy = _bimodal()
     d = decide(s, np.ones(len(s), bool))
-    assert d.threshold_method == "mixture"
+    assert d.threshold_method == "mixture: estimated count"
+    assert d.is_suspect.sum() == round(d.posterior.sum())
     assert abs(int(d.is_suspect.sum()) - int(noisy.sum())) <= 5
     assert precision_recall_f1(d.is_suspect, noisy)["f1"] > 0.97
     assert d.relabel_threshold >= d.threshold
@@ -95,9 +96,18 @@ def test_overlapping_components_flag_the_estimated_count_for_review_only():
     rng = np.random.default_rng(0)
     s = 1 / (1 + np.exp(-np.concatenate([rng.normal(0.0, 0.5, 800), rng.normal(0.3, 0.5, 200)])))
     d = decide(s, np.ones(len(s), bool))
-    expected = int(round(d.posterior.mean() * len(s)))
-    assert d.posterior.max() < 0.5  # the situation under test
-    assert "overlapping" in d.threshold_method
+    expected = int(round(d.posterior.sum()))
+    assert d.posterior.max() < 0.5  # the situation under test: no sample is likelier wrong
     assert d.is_suspect.sum() == expected > 0
     assert not d.relabel.any()
+    assert s[d.is_suspect].min() >= s[~d.is_suspect].max()
+
+
+def test_flagged_count_is_the_estimate_for_a_method_posterior():
+    rng = np.random.default_rng(1)
+    post = rng.uniform(0, 1, 200) ** 3
+    s = post + rng.normal(0, 0.01, 200)
+    d = decide(s, np.ones(200, bool), posterior=post)
+    assert d.threshold_method == "method posterior: estimated count"
+    assert d.is_suspect.sum() == round(post.sum())
     assert s[d.is_suspect].min() >= s[~d.is_suspect].max()

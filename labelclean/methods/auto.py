@@ -48,9 +48,9 @@ class Auto(MetaMethod):
 
     Combination (chosen by measurement, docs/benchmarks.md): each member's suspicion is
     calibrated to ``P(label wrong)`` by its own two-component mixture
-    (:func:`member_posteriors`), and ``p_wrong`` is the mean of those probabilities; it drives
-    the flag (>= 0.5) and the relabel decision (>= 0.9), and ranks the samples (ties broken by
-    the mean raw score). A plain mean of raw scores ranked as well but mixed scales, which
+    (:func:`member_posteriors`), and ``p_wrong`` is the mean of those probabilities; its sum is
+    the estimated number of wrong labels (that many are flagged), it drives the relabel
+    decision (>= 0.9), and it ranks the samples (ties broken by the mean raw score). A plain mean of raw scores ranked as well but mixed scales, which
     broke the flag threshold on CIFAR-10 (2,428 flagged for 900 errors, F1 0.52); the mean of
     calibrated probabilities flagged 916 (F1 0.725, above every member alone). A flagged
     sample is relabelled (with a clear alternative) when at least half the members put its
@@ -167,7 +167,7 @@ class Auto(MetaMethod):
         arrays = {k: v for e in parts.values() for k, v in e.arrays.items()}
         transition = parts["mlc"].transition if "mlc" in parts else None
         summary = {**self.base_summary(), "members": list(parts),
-                   "member_flagged": {n: int((p[free] >= 0.5).sum()) for n, p in posteriors.items()},
+                   "member_estimated_errors": {n: int(round(float(p[free].sum()))) for n, p in posteriors.items()},
                    "member_summaries": {n: {k: v for k, v in e.summary.items() if k != "notes"}
                                         for n, e in parts.items()}}
         votes = np.sum([p >= RELABEL_POSTERIOR for p in posteriors.values()], axis=0)
