@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "docs" / "benchmark-results"  # raw JSON beside docs/benchmarks.md
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
@@ -20,10 +20,17 @@ def machine() -> dict:
 
     from labelclean.audit import versions
 
+    extra = {}
+    try:
+        import cleanlab
+
+        extra["cleanlab"] = cleanlab.__version__
+    except ImportError:
+        pass
     return {
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        **versions(),
+        **versions(), **extra,
     }
 
 

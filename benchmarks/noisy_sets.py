@@ -12,7 +12,7 @@ epochs; ``--oracle`` the same K-fold training on the clean labels, scoring ``1 â
 the ceiling for this backbone. cleanlab is a benchmark-only dependency
 (``pip install cleanlab``). Data is read from ``../shared/data``; without it the script says
 so and exits. Results go to docs/benchmarks.md (section ``noisy_<dataset>``) and
-benchmarks/results/.
+docs/benchmark-results/.
 """
 
 from __future__ import annotations
@@ -214,8 +214,11 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
                   "label acc. before -> after (auto) | flagged / errors (auto) | AUROC oracle (gap) |",
                   "|---|---|---|---|---|---|---|", *targets, ""]
     head = [f"## {dataset} subset with injected noise ({raw['images']} images)", "",
-            f"Command: `{raw['command']}`; machine: {raw['machine']['cpu_count']} CPU cores, "
-            f"torch {raw['machine']['torch']}; backbone small_cnn, `--augment {augment}`, seed {args.seed}.",
+            f"Command: `{raw['command']}`; machine: {raw['machine']['cpu_count']} CPU cores "
+            f"({raw['machine']['platform']}); " + ", ".join(
+                f"{k} {raw['machine'][k]}" for k in ("labelclean", "torch", "torchvision", "cleanlab")
+                if k in raw["machine"]) + f"; backbone small_cnn, `--augment {augment}`, seed {args.seed}; "
+            f"raw JSON in docs/benchmark-results/.",
             ""]
     return "\n".join(head + lines), raw
 

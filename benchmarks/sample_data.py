@@ -4,7 +4,7 @@
 
 Runs ``audit`` with the default settings (plus ``--augment crop``, as README does for digits)
 for each method, evaluates against ``sample_data/truth.csv`` and writes the table into
-docs/benchmarks.md (section ``sample_data``) and benchmarks/results/sample_data.json.
+docs/benchmarks.md (section ``sample_data``) and docs/benchmark-results/sample_data.json.
 """
 
 from __future__ import annotations
