@@ -202,3 +202,20 @@ def test_knn_excludes_self_handles_duplicates_and_large_k():
     assert nn_[0, 0] == 1 and nn_[1, 0] == 0
     assert FaissKnn().fit(x).kneighbors(10).shape == (4, 3)
     assert FaissKnn().fit(x[:1]).kneighbors(3).shape == (1, 0)
+
+
+@pytest.mark.parametrize("view", ["teacher", "student"])
+def test_auto_runs_one_teacher_forward_per_step_and_shares_it(view):
+    m, ctx, batch = _context("auto", second_view=view)
+    mlnt = m.members["mlnt"]
+    assert mlnt.iteration == 0 and not m.in_warmup
+    seen = []
+    mlnt.teacher.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    _step(m, ctx, batch)
+    assert len(seen) == 1  # one teacher forward, whichever view it sees
+    assert torch.equal(seen[0], batch.x2 if view == "teacher" else batch.x)
+
+
+def test_auto_refuses_an_unknown_second_view():
+    with pytest.raises(ValueError, match="second_view"):
+        _context("auto", second_view="both")
