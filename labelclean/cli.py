@@ -156,8 +156,9 @@ def export(
                                             decisions, promote_trusted)
     if fmt == "label-studio":
         from labelclean.export import local_files
+        from labelclean.runs import Run
 
-        where = local_files(run_dir)
+        where = local_files(Run.open(run_dir))
         err.print(f"{changed} suspects as Label Studio tasks; labelling config in "
                   f"{written.with_name(written.stem + '-config.xml')}\n"
                   f"Label Studio: start it with LOCAL_FILES_SERVING_ENABLED=true "

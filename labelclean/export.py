@@ -139,19 +139,12 @@ class LocalFiles:
         return LS_PREFIX + Path(os.path.relpath(image, self.document_root)).as_posix()
 
 
-def _image_paths(run: Run, scores: pd.DataFrame) -> list[Path]:
-    """Absolute image paths of ``scores`` rows (relative paths are from the dataset folder)."""
-    dataset = Path(run.config.dataset)
-    base = dataset if dataset.is_dir() else dataset.parent
-    return [Path(os.path.normpath(base / str(p))) for p in scores["path"]]
-
-
-def local_files(run_dir: Path) -> LocalFiles:
+def local_files(run: Run, scores: pd.DataFrame | None = None) -> LocalFiles:
     """The Label Studio local-files layout for a run: the storage is the folder holding all its
     images, the document root that folder's parent."""
-    run = Run.open(Path(run_dir))
-    images = _image_paths(run, run.scores())
-    storage = Path(os.path.commonpath([str(p.parent) for p in images])) if images else Path("/")
+    scores = run.scores() if scores is None else scores
+    images = [run.image_path(str(p), str(i)) for p, i in zip(scores["path"], scores["sample_id"])]
+    storage = Path(os.path.commonpath([os.path.dirname(p) for p in images])) if images else Path("/")
     if storage.parent == storage:
         raise DataError(f"{run.config.dataset}: the images share no folder below {storage}; Label "
                         "Studio needs them under one folder (its Local Files storage)")
@@ -167,7 +160,7 @@ def export_label_studio(run: Run, dest: Path | None) -> tuple[Path, int, int]:
     ``LOCAL_FILES_DOCUMENT_ROOT`` at the images' parent folder, and add a Local Files storage
     at the images' folder to the project (do not sync it: the tasks come from this file)."""
     scores = run.scores()
-    layout = local_files(run.path)
+    layout = local_files(run, scores)
     suspects = scores[scores["is_suspect"].astype(bool) & ~scores["verified"].astype(bool)]
     suspects = suspects.sort_values("suspicion", ascending=False, kind="stable")
 
@@ -176,9 +169,10 @@ def export_label_studio(run: Run, dest: Path | None) -> tuple[Path, int, int]:
                  "value": {"choices": [label]}}]
 
     tasks = []
-    for image, (_, r) in zip(_image_paths(run, suspects), suspects.iterrows()):
+    for _, r in suspects.iterrows():
+        image = run.image_path(str(r["path"]), str(r["sample_id"]))
         tasks.append({
-            "data": {"image": layout.reference(image),
+            "data": {"image": layout.reference(Path(image)),
                      "sample_id": str(r["sample_id"]), "given_label": str(r["given_label"]),
                      "suggested_label": str(r["suggested_label"]),
                      "suspicion": float(r["suspicion"])},

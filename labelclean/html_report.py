@@ -16,7 +16,6 @@ import base64
 import html
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,6 @@ from labelclean.io import read_table, write_text
 from labelclean.runs import Run
 
 THUMB = 64
-
-
-def _image_base(run: Run) -> tuple[Path, Path | None]:
-    dataset = Path(run.config.dataset)
-    base = dataset if run.summary.get("input_kind") == "folder" else dataset.parent
-    trusted = Path(run.config.trusted).parent if run.config.trusted else None
-    return base, trusted
 
 
 def _thumbnail(path: str) -> str | None:
@@ -81,15 +73,6 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
     summary = run.summary
     t_path = run.path / "transition_matrix.csv"
     transition = read_table(t_path).set_index("true\\given") if t_path.is_file() else None
-    base, trusted_base = _image_base(run)
-
-    def abs_path(row: pd.Series) -> str:
-        p = str(row["path"])
-        if os.path.isabs(p):
-            return p
-        root = trusted_base if str(row["sample_id"]).startswith("trusted:") and trusted_base else base
-        return str(root / p)
-
     free = scores[~scores["verified"].astype(bool)]
     flagged = free[free["is_suspect"].astype(bool)].sort_values("suspicion", ascending=False, kind="stable")
     shown = flagged.head(max_cards)
@@ -98,7 +81,7 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
     def thumb_key(row: pd.Series) -> str:
         key = str(row["sample_id"])
         if key not in thumbs:
-            thumbs[key] = _thumbnail(abs_path(row))
+            thumbs[key] = _thumbnail(run.image_path(str(row["path"]), key))
         return key
 
     agree_col = "doubted_by" if "doubted_by" in scores.columns else None

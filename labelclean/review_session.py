@@ -46,13 +46,9 @@ class ReviewSession:
         done = set(load_decisions(self.run.path)["sample_id"].astype(str))
         rows = rows[~rows["sample_id"].astype(str).isin(done)]
         self.items = rows.sort_values("suspicion", ascending=False, kind="stable").reset_index(drop=True)
-        self.base = Path(self.run.config.dataset)
-        if self.run.summary.get("input_kind") != "folder":
-            self.base = self.base.parent
 
     def image_path(self, row: pd.Series) -> str:
-        p = Path(str(row["path"]))
-        return str(p if p.is_absolute() else self.base / p)
+        return self.run.image_path(str(row["path"]), str(row["sample_id"]))
 
     def decide(self, row: pd.Series, decision: str, label: str) -> None:
         append_decision(self.run.path, {

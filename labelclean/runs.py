@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,18 @@ class Run:
 
     def corrected(self) -> pd.DataFrame:
         return read_table(self.corrected_path())
+
+    def image_path(self, path: str, sample_id: str) -> str:
+        """The absolute path of a scored image: relative paths resolve from the dataset folder
+        (the manifest's folder), or from the trusted file's folder for images that only the
+        trusted set names (ids ``trusted:...``)."""
+        if os.path.isabs(path):
+            return os.path.normpath(path)
+        dataset = Path(self.config.dataset)
+        base = dataset if self.summary.get("input_kind") == "folder" else dataset.parent
+        if str(sample_id).startswith("trusted:") and self.config.trusted:
+            base = Path(self.config.trusted).parent
+        return os.path.normpath(base / path)
 
     def label_values(self, corrected: pd.DataFrame | None = None) -> dict[str, Any]:
         """Class name -> the label value as the input wrote it (e.g. ints in Parquet)."""

@@ -32,6 +32,7 @@ import pytest
 
 from labelclean import RunConfig, audit
 from labelclean.export import label_studio_config, local_files
+from labelclean.runs import Run
 
 pytestmark = pytest.mark.labelstudio
 
@@ -123,8 +124,9 @@ def label_studio(dataset_and_run, tmp_path_factory):
     _, run = dataset_and_run
     home = tmp_path_factory.mktemp("label-studio-home")
     port = free_port()
+    document_root = local_files(Run.open(run.run_dir)).document_root
     env = {**os.environ, "HOME": str(home), "LABEL_STUDIO_BASE_DATA_DIR": str(home / "data"),
-           "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(local_files(run.run_dir).document_root),
+           "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
     log = open(home / "server.log", "w")
     proc = subprocess.Popen(
@@ -180,7 +182,7 @@ def test_round_trip_through_label_studio(label_studio, dataset_and_run, tmp_path
     project = ls.call("POST", "/api/projects", {"title": "labelclean review", "label_config": config})
     # Label Studio serves a local file only under a project's Local Files storage (not synced:
     # the tasks come from labelclean's file).
-    where = local_files(run.run_dir)
+    where = local_files(Run.open(run.run_dir))
     assert where.storage == tiny.root and where.document_root == tiny.root.parent
     ls.call("POST", "/api/storages/localfiles", {"project": project["id"], "path": str(where.storage),
                                                  "title": "dataset", "use_blob_urls": False})

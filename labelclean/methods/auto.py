@@ -12,7 +12,7 @@ from torch import Tensor
 
 from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_evidence
 from labelclean.methods.ieg import IEG
-from labelclean.methods.meta import MetaMethod, Shared
+from labelclean.methods.meta import MetaMethod
 from labelclean.methods.mlc import MLC
 from labelclean.methods.mlnt import MLNT
 from labelclean.methods.mslg import MSLG
