@@ -18,7 +18,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 def machine() -> dict:
     import torch
 
-    from labelclean.audit import versions
+    from labelclean.pipeline import versions
 
     extra = {}
     try:

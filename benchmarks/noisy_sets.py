@@ -33,7 +33,7 @@ from PIL import Image
 from labelclean import RunConfig, audit
 from labelclean.evaluate import evaluate_run
 from labelclean.metrics import detection_metrics
-from labelclean.noise import simulate
+from labelclean.simulate import simulate
 
 CIFAR_MAP = "truck:automobile,bird:airplane,deer:horse,cat:dog,dog:cat"
 # MNIST's usual asymmetric setting (Patrini et al. 2017): 2->7, 3->8, 5<->6, 7->1.
@@ -67,7 +67,7 @@ def materialise(name: str, limit: int | None) -> Path:
 def kfold_probs(manifest: Path, labels: list[str], classes: list[str], k: int, epochs: int,
                 seed: int, augment: str, work: Path) -> tuple[np.ndarray, float]:
     """Out-of-sample probabilities from K-fold training of the default backbone with ``ce``."""
-    from labelclean.audit import fit_batch_size, fit_image_size
+    from labelclean.pipeline import fit_batch_size, fit_image_size
     from labelclean.data.images import decode_images
     from labelclean.methods.ce import CrossEntropy
     from labelclean.progress import Reporter

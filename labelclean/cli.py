@@ -14,10 +14,12 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from labelclean import __version__
-from labelclean.errors import ConfigError, LabelcleanError
+from labelclean import choices as C
+from labelclean.errors import LabelcleanError, UsageError
+from labelclean.version import __version__
 
 app = typer.Typer(
     name="labelclean",
@@ -50,7 +52,7 @@ def _parse_options(pairs: list[str]) -> dict[str, object]:
     options: dict[str, object] = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ConfigError(f"--option: expected NAME=VALUE, found {pair!r}")
+            raise UsageError(f"--option: expected NAME=VALUE, found {pair!r}")
         key, value = pair.split("=", 1)
         try:
             options[key.strip()] = json.loads(value)
@@ -64,33 +66,36 @@ def audit(
     dataset: Annotated[Path, typer.Argument(help="Image folder (one sub-folder per class) or a CSV/Parquet manifest.")],
     trusted: Annotated[Optional[Path], typer.Option(help="CSV/Parquet of verified labels (path, label).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: a new folder under ./labelclean-runs/).")] = None,
-    method: Annotated[str, typer.Option(help="Method: see 'labelclean methods' (default auto: all four combined).")] = "auto",
-    backbone: Annotated[str, typer.Option(help="small_cnn, resnet18 or resnet50.")] = "small_cnn",
+    method: Annotated[C.Method, typer.Option(help="Method: see 'labelclean methods' (default auto: all four combined).")] = "auto",
+    backbone: Annotated[C.Backbone, typer.Option(help="Backbone network (test_tiny: for tests only).")] = "small_cnn",
     weights: Annotated[Optional[str], typer.Option(help="'imagenet' (torchvision) or a local checkpoint path.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size (default: fit to data).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: fit to data size).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default: 128, less for tiny sets).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine decay).")] = 0.05,
-    augment: Annotated[str, typer.Option(help="crop-flip, crop (no mirror: digits, text) or none.")] = "crop-flip",
+    augment: Annotated[C.Augment, typer.Option(help="Augmentation: crop (no mirror) for digits and text.")] = "crop-flip",
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same scores.")] = 0,
     path_column: Annotated[str, typer.Option(help="Manifest column with image paths.")] = "path",
     label_column: Annotated[str, typer.Option(help="Manifest column with labels.")] = "label",
     id_column: Annotated[Optional[str], typer.Option(help="Manifest column with sample ids (default: 'id' if present, else the path).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Flag samples with suspicion >= this (default: derived from the data).")] = None,
-    meta_scope: Annotated[str, typer.Option(help="Virtual steps on the 'head' (fast) or the 'full' network.")] = "head",
-    option: Annotated[Optional[list[str]], typer.Option("--option", help="Method option NAME=VALUE (repeatable).")] = None,
+    meta_scope: Annotated[C.MetaScope, typer.Option(help="Virtual steps on the 'head' (fast) or the 'full' network.")] = "head",
+    option: Annotated[Optional[list[str]], typer.Option("--option", help="Method option NAME=VALUE (repeatable; auto's members: mlc.mode=reset).")] = None,
     strict: Annotated[bool, typer.Option(help="Any unreadable image is an error (default: skip a few).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in --out.")] = False,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
-    top: Annotated[int, typer.Option(help="Suspects to show at the end.")] = 10,
+    device: Annotated[C.Device, typer.Option(help="Where to train.")] = "cpu",
+    top: Annotated[int, typer.Option(min=0, help="Suspects to show at the end.")] = 10,
     report: Annotated[bool, typer.Option(help="Write report.html (thumbnails of the suspects).")] = True,
+    fmt: Annotated[C.TableFormat, typer.Option("--format", help="table, or json: the summary on stdout.")] = "table",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")] = False,
 ) -> None:
     """Audit a dataset: rank suspect labels, suggest corrections, write a corrected manifest."""
-    from labelclean.audit import audit as run_audit
     from labelclean.config import RunConfig
-    from labelclean.progress import RichReporter
-    from labelclean.report import print_audit_summary
+    from labelclean.io import json_text
+    from labelclean.pipeline import audit as run_audit
+    from labelclean.progress import Reporter, RichReporter
+    from labelclean.review.terminal import print_audit_summary
 
     config = RunConfig(
         dataset=str(dataset), trusted=str(trusted) if trusted else None,
@@ -100,8 +105,11 @@ def audit(
         threshold=threshold, meta_scope=meta_scope, method_options=_parse_options(option or []),
         strict=strict, resume=resume, overwrite=overwrite, device=device, report=report,
     )
-    result = run_audit(config, RichReporter(err))
-    print_audit_summary(out, result, top)
+    result = run_audit(config, Reporter() if quiet else RichReporter(err))
+    if fmt == "json":
+        sys.stdout.write(json_text({k: v for k, v in result.summary.items() if k != "config"}))
+    else:
+        print_audit_summary(out, result, top)
 
 
 @app.command()
@@ -109,32 +117,31 @@ def review(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
     top: Annotated[int, typer.Option(help="Show at most this many rows (0: all).")] = 20,
     class_name: Annotated[Optional[str], typer.Option("--class", help="Only samples whose given label is this class.")] = None,
-    min_suspicion: Annotated[float, typer.Option(help="Only samples with suspicion >= this.")] = 0.0,
+    min_suspicion: Annotated[float, typer.Option(min=0.0, max=1.0, help="Only samples with suspicion >= this.")] = 0.0,
     all_samples: Annotated[bool, typer.Option("--all", help="Include samples that are not flagged.")] = False,
-    sort: Annotated[str, typer.Option(help="Sort by suspicion, rank, given_label or suggested_label.")] = "suspicion",
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    sort: Annotated[C.Sort, typer.Option(help="Order of the rows (rank: most suspicious first).")] = "rank",
+    fmt: Annotated[C.TableFormat, typer.Option("--format", help="table or json.")] = "table",
     interactive: Annotated[bool, typer.Option(help="Walk through suspects and record decisions in decisions.csv.")] = False,
 ) -> None:
     """Show suspects from a run, filtered and sorted, as a table or JSON; or review them one by one."""
-    from labelclean.report import print_suspects, select_suspects
-    from labelclean.runs import Run
+    from labelclean.io import json_text, records
+    from labelclean.review.terminal import print_suspects
+    from labelclean.run import Run
 
     if interactive:
-        from labelclean.review_session import ReviewSession, interactive_input, require_tty
+        from labelclean.review.interactive import ReviewSession, interactive_input, require_tty
 
         require_tty(sys.stdin.isatty())
         session = ReviewSession(run_dir, class_name)
         made = session.run_loop(interactive_input(session.classes), out)
-        err.print(f"{made} decision(s) recorded in {Path(run_dir) / 'decisions.csv'}", highlight=False)
+        err.print(f"{made} decision(s) recorded in {escape(str(Path(run_dir) / 'decisions.csv'))}",
+                  highlight=False)
         return
-    if fmt not in ("table", "json"):
-        raise ConfigError(f"--format: expected table or json, found {fmt!r}")
     run = Run.open(run_dir)
-    rows = select_suspects(run.scores(), top=top, class_name=class_name,
-                           min_suspicion=min_suspicion, include_all=all_samples, sort=sort,
-                           classes=run.summary.get("classes", []))
+    rows = run.suspects(top=top, class_name=class_name, min_suspicion=min_suspicion,
+                        include_all=all_samples, sort=sort)
     if fmt == "json":
-        sys.stdout.write(rows.to_json(orient="records", indent=2) + "\n")
+        sys.stdout.write(json_text(records(rows)))
     else:
         print_suspects(out, rows, title=f"{len(rows)} sample(s) from {run_dir}")
 
@@ -142,33 +149,34 @@ def review(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
-    fmt: Annotated[str, typer.Option("--format", help="csv, parquet, jsonl or label-studio (default: the input's format).")] = "",
-    policy: Annotated[str, typer.Option(help="relabel (apply strong suggestions), flag (add columns) or drop (remove flagged rows).")] = "relabel",
+    fmt: Annotated[Optional[C.ExportFormat], typer.Option("--format", help="Output format (default: the input's format).")] = None,
+    policy: Annotated[C.Policy, typer.Option(help="relabel (apply strong suggestions), flag (add columns) or drop (remove flagged rows).")] = "relabel",
     threshold: Annotated[Optional[float], typer.Option(help="Treat suspicion >= this as flagged (default: the audit's decisions).")] = None,
     dest: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: inside the run folder).")] = None,
     decisions: Annotated[bool, typer.Option(help="Apply reviewers' decisions (decisions.csv) over suggestions; write changes.csv.")] = False,
     promote_trusted: Annotated[Optional[Path], typer.Option(help="Add reviewed labels to this trusted file for the next audit.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Write corrected label files that can be fed straight back to 'labelclean audit'."""
-    from labelclean.export import export_labels
+    from labelclean.export.manifest import export_labels
 
-    written, changed, total = export_labels(run_dir, fmt or None, policy, threshold, dest,
-                                            decisions, promote_trusted)
+    written, changed, total = export_labels(run_dir, fmt, policy, threshold, dest,
+                                            decisions, promote_trusted, overwrite)
     if fmt == "label-studio":
-        from labelclean.export import local_files
-        from labelclean.runs import Run
+        from labelclean.export.label_studio import local_files
+        from labelclean.run import Run
 
         where = local_files(Run.open(run_dir))
-        err.print(f"{changed} suspects as Label Studio tasks; labelling config in "
-                  f"{written.with_name(written.stem + '-config.xml')}\n"
-                  f"Label Studio: start it with LOCAL_FILES_SERVING_ENABLED=true "
-                  f"LOCAL_FILES_DOCUMENT_ROOT={where.document_root}, create a project with that "
-                  f"config, add a Local Files storage at {where.storage} (no sync), then import "
-                  f"the tasks file.", highlight=False, soft_wrap=True)
+        err.print(escape(f"{changed} suspects as Label Studio tasks; labelling config in "
+                         f"{written.with_name(written.stem + '-config.xml')}\n"
+                         f"Label Studio: start it with LOCAL_FILES_SERVING_ENABLED=true "
+                         f"LOCAL_FILES_DOCUMENT_ROOT={where.document_root}, create a project with "
+                         f"that config, add a Local Files storage at {where.storage} (no sync), "
+                         f"then import the tasks file."), highlight=False, soft_wrap=True)
     else:
         verb = {"relabel": "relabelled", "drop": "dropped", "flag": "flagged"}[policy]
         err.print(f"{verb if not decisions else 'changed'} {changed} of {total} rows", highlight=False)
-    out.print(str(written), highlight=False)
+    out.print(escape(str(written)), highlight=False)
 
 
 @app.command("import-decisions")
@@ -177,10 +185,11 @@ def import_decisions_cmd(
     source: Annotated[Path, typer.Argument(help="decisions.csv-style CSV, or a Label Studio JSON export.")],
 ) -> None:
     """Read reviewers' decisions into the run (validated: unknown ids or labels are errors)."""
-    from labelclean.export import import_decisions
+    from labelclean.export.decisions import import_decisions
 
     count = import_decisions(run_dir, source)
-    err.print(f"imported {count} decision(s) into {Path(run_dir) / 'decisions.csv'}", highlight=False)
+    err.print(f"imported {count} decision(s) into {escape(str(Path(run_dir) / 'decisions.csv'))}",
+              highlight=False)
 
 
 @app.command()
@@ -189,15 +198,16 @@ def evaluate(
     truth: Annotated[Path, typer.Option(help="CSV/Parquet with the true label of every sample.")],
     id_column: Annotated[Optional[str], typer.Option(help="Truth column matching the run's sample ids (default: detected).")] = None,
     label_column: Annotated[str, typer.Option(help="Truth column with the true labels.")] = "label",
-    fmt: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    fmt: Annotated[C.TableFormat, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Measure a run against known true labels (AUROC, AP, precision, recall, F1, accuracy)."""
     from labelclean.evaluate import evaluate_run
-    from labelclean.report import print_evaluation
+    from labelclean.io import json_text
+    from labelclean.review.terminal import print_evaluation
 
     result = evaluate_run(run_dir, truth, id_column, label_column)
     if fmt == "json":
-        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        sys.stdout.write(json_text(result))
     else:
         print_evaluation(out, result)
 
@@ -205,32 +215,32 @@ def evaluate(
 @app.command()
 def simulate(
     dataset: Annotated[Path, typer.Argument(help="Image folder or CSV/Parquet manifest with clean labels.")],
-    noise: Annotated[str, typer.Option(help="uniform, flip-random, flip-to-one, pair, asymmetric, instance or neighbor.")],
-    rate: Annotated[float, typer.Option(help="Noise rate in [0, 1].")],
+    noise: Annotated[C.Noise, typer.Option(help="Noise type (rules in 'labelclean.simulate').")],
+    rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Noise rate in [0, 1].")],
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for noisy manifest, truth.csv, trusted.csv, noise.json.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    trusted_per_class: Annotated[int, typer.Option(help="Clean samples per class written to trusted.csv (kept out of the noisy part).")] = 10,
+    trusted_per_class: Annotated[int, typer.Option(min=0, help="Clean samples per class written to trusted.csv (kept out of the noisy part).")] = 10,
     class_map: Annotated[Optional[str], typer.Option("--map", help="For asymmetric noise: SOURCE:TARGET,... e.g. cat:dog,truck:automobile")] = None,
     path_column: Annotated[str, typer.Option(help="Manifest column with image paths.")] = "path",
     label_column: Annotated[str, typer.Option(help="Manifest column with labels.")] = "label",
     id_column: Annotated[Optional[str], typer.Option(help="Manifest column with sample ids.")] = None,
 ) -> None:
     """Write a noisy copy of a dataset's labels with the truth, for measuring audits."""
-    from labelclean.noise import simulate as run_simulate
+    from labelclean.simulate import simulate as run_simulate
 
     report = run_simulate(dataset, out_dir, noise, rate, seed, trusted_per_class, class_map,
                           path_column, label_column, id_column)
     out.print(f"{report['noise']} noise at rate {rate}: {report['flipped']} of {report['samples']} "
               f"labels changed (realised rate {report['realised_rate']:.4f}); "
-              f"{report['trusted']} trusted -> {out_dir}", highlight=False)
+              f"{report['trusted']} trusted -> {escape(str(out_dir))}", highlight=False)
     classes = report["classes"]
     if len(classes) <= 12:
         table = Table(title="realised transition (rows: true, columns: noisy)", title_justify="left")
         table.add_column("")
         for c in classes:
-            table.add_column(c, justify="right")
+            table.add_column(escape(c), justify="right")
         for c, row in zip(classes, report["realised_matrix"]):
-            table.add_row(c, *(f"{v:.2f}" for v in row))
+            table.add_row(escape(c), *(f"{v:.2f}" for v in row))
         out.print(table)
 
 
@@ -238,12 +248,19 @@ def simulate(
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
     dest: Annotated[Optional[Path], typer.Option("--out", help="Output file (default: RUN_DIR/report.html).")] = None,
-    max_cards: Annotated[int, typer.Option(help="Suspects with thumbnails (highest suspicion first).")] = 2000,
+    max_cards: Annotated[int, typer.Option(min=0, help="Suspects with thumbnails (highest suspicion first).")] = 2000,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
 ) -> None:
     """Rebuild the self-contained HTML report of a run."""
-    from labelclean.html_report import build_report
+    from labelclean.review.html import build_report
+    from labelclean.run import Run
+    from labelclean.run.writer import check_destination, run_files
 
-    out.print(str(build_report(run_dir, dest, max_cards)), highlight=False)
+    if dest is not None:
+        run = Run.open(run_dir)
+        inputs = {Path(p).resolve() for p in (run.config.dataset, run.config.trusted) if p}
+        check_destination(dest, inputs | {p.resolve() for p in run_files(run.path)}, overwrite)
+    out.print(escape(str(build_report(run_dir, dest, max_cards))), highlight=False)
 
 
 @app.command()
@@ -256,7 +273,7 @@ def methods() -> None:
         cls = METHODS.get(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         trusted = " (uses a trusted set)" if cls.needs_trusted else ""
-        out.print(f"{name:6s} {doc}{trusted}", highlight=False)
+        out.print(escape(f"{name:6s} {doc}{trusted}"), highlight=False)
     out.print(f"backbones: {', '.join(BACKBONES.names())}", highlight=False)
 
 
@@ -265,9 +282,9 @@ def main() -> None:
     try:
         app()
     except LabelcleanError as exc:
-        _fail(str(exc), 1, exc)
+        _fail(str(exc), exc.exit_code, exc)
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err.print("interrupted", highlight=False)
         sys.exit(130)
     except BrokenPipeError:
         # stdout was closed early (e.g. `| head`): stop quietly, as the Python docs advise.
@@ -283,7 +300,7 @@ def _fail(message: str, code: int, exc: BaseException) -> None:
         import traceback
 
         traceback.print_exception(exc)
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -1,10 +1,12 @@
-"""Errors that reach the user as one line and exit code 1."""
+"""Errors that reach the user as one line: exit code 1 for data and user errors, 2 for usage."""
 
 from __future__ import annotations
 
 
 class LabelcleanError(Exception):
     """A data or user error. The CLI prints its message on one line and exits with 1."""
+
+    exit_code = 1
 
 
 class DataError(LabelcleanError):
@@ -13,3 +15,9 @@ class DataError(LabelcleanError):
 
 class ConfigError(LabelcleanError):
     """A setting is out of range or names something that does not exist."""
+
+
+class UsageError(ConfigError):
+    """An option value the command line could have refused before any work: exit code 2."""
+
+    exit_code = 2

@@ -17,9 +17,10 @@ from labelclean.data.dataset import label_text
 from labelclean.errors import DataError
 from labelclean.io import read_table, write_json
 from labelclean.metrics import detection_metrics
-from labelclean.runs import Run
+from labelclean.run import Run
+from labelclean.run import schema as S
 
-ID_CANDIDATES = ("sample_id", "id", "folder_id", "path")
+ID_CANDIDATES = (S.SAMPLE_ID, "id", "folder_id", "path")
 
 
 def _match_column(truth: pd.DataFrame, ids: set[str], id_column: str | None, source: Path) -> str:
@@ -53,29 +54,28 @@ def evaluate_run(
     if label_column not in truth.columns:
         raise DataError(f"{truth_path}: expected a {label_column!r} column with true labels, "
                         f"found {', '.join(map(str, truth.columns))}")
-    scores["sample_id"] = scores["sample_id"].astype(str)
-    scored = scores[~scores["verified"].astype(bool)]
-    column = _match_column(truth, set(scored["sample_id"]), id_column, Path(truth_path))
+    scored = scores[~scores[S.VERIFIED]]
+    column = _match_column(truth, set(scored[S.SAMPLE_ID]), id_column, Path(truth_path))
     keys = truth[column].astype(str)
     dup = keys[keys.duplicated()]
     if len(dup):
         raise DataError(f"{truth_path}: duplicate id {dup.iloc[0]!r} in column {column!r}")
     skipped_path = run.path / "skipped.csv"
-    skipped = set(read_table(skipped_path)["sample_id"].astype(str)) if skipped_path.is_file() else set()
-    extra = set(keys) - set(scores["sample_id"]) - skipped
+    skipped = set(read_table(skipped_path)[S.SAMPLE_ID].astype(str)) if skipped_path.is_file() else set()
+    extra = set(keys) - set(scores[S.SAMPLE_ID]) - skipped
     if extra:
         raise DataError(
             f"{truth_path}: {len(extra)} truth id(s) are not samples of the run "
             f"(e.g. {', '.join(sorted(extra)[:3])}); is this the truth for this dataset?"
         )
     true = truth.assign(_k=keys).set_index("_k")[label_column].map(label_text)
-    given = scored["given_label"].map(label_text).to_numpy()
-    suggested = scored["suggested_label"].map(label_text).to_numpy()
-    y = true.loc[scored["sample_id"]].to_numpy()
+    given = scored[S.GIVEN].map(label_text).to_numpy()
+    suggested = scored[S.SUGGESTED].map(label_text).to_numpy()
+    y = true.loc[scored[S.SAMPLE_ID]].to_numpy()
     wrong = given != y
-    flagged = scored["is_suspect"].astype(bool).to_numpy()
-    suspicion = scored["suspicion"].to_numpy(dtype=np.float64)
-    relabel = (scored["action"] == "relabel").to_numpy()
+    flagged = scored[S.IS_SUSPECT].to_numpy(dtype=bool)
+    suspicion = scored[S.SUSPICION].to_numpy(dtype=np.float64)
+    relabel = (scored[S.ACTION] == "relabel").to_numpy()
     after = np.where(relabel, suggested, given)
     result: dict[str, Any] = {
         "run": str(run.path),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from labelclean.errors import ConfigError
+from labelclean.errors import UsageError
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ class Registry(Generic[T]):
             return self._items[name]
         except KeyError:
             choices = ", ".join(self.names())
-            raise ConfigError(f"unknown {self.kind} {name!r}: expected one of {choices}") from None
+            raise UsageError(f"unknown {self.kind} {name!r}: expected one of {choices}") from None
 
     def names(self, include_hidden: bool = False) -> list[str]:
         return sorted(n for n in self._items if include_hidden or not n.startswith("test_"))

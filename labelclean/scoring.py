@@ -1,30 +1,80 @@
-"""From a method's evidence to ranked suspects, a derived threshold and a decision per sample.
+"""From a method's evidence to one decision per sample: the only module that decides.
 
-The flag threshold is derived from the data, not fixed: a two-component Gaussian mixture is
-fitted (EM) to ``logit(suspicion)`` of the unverified samples, one component for labels the
-model agrees with and one for labels it doubts (the approach DivideMix takes with per-sample
-losses). ``P(doubtful | suspicion)`` is the posterior of the high component (or a method's
-own calibrated ``P(wrong)``). The estimated number of wrong labels is the sum of those
-posteriors, and that many samples, highest suspicion first, are flagged (``is_suspect``), so
-the flagged count is the estimate the summary reports. (Flagging where the posterior reaches
-0.5 instead is the per-sample Bayes rule, but it flags far fewer than the estimate when the
-components overlap: 431 for 871 wrong labels on CIFAR-10 with 40% uniform noise, against 651
-flagged by the count, F1 0.573 against 0.681; docs/benchmarks.md.) A flagged sample's
-suggested label is the most likely *other* class. Its label is proposed for automatic
-relabelling (``action = "relabel"``) only when the posterior is at least 0.9 and that class
-holds at least half of the belief off the given label; otherwise it goes to ``review``.
-The estimated noise rate is the mean posterior, overall and per given class.
+Everything that is flagged, relabelled, sent to review, ranked or suggested is decided here,
+by :func:`score` (after an audit) and :func:`threshold_flags` (``export --threshold``).
+Methods only produce :class:`Evidence`; the audit, ``auto`` and the export call this module.
+
+The rule (docs/methods.md, "Scoring"):
+
+* ``P(wrong)``: for a single method, a two-component Gaussian mixture is fitted (EM) to
+  ``logit(suspicion)`` of the unverified samples, one component for labels the model agrees
+  with and one for labels it doubts (the approach DivideMix takes with per-sample losses);
+  ``P(wrong)`` is the posterior of the doubtful component. For a combination of members
+  (``Evidence.members``, as ``auto`` gives), each member is calibrated by its own mixture
+  (their raw scores live on different scales) and ``P(wrong)`` is the mean of those.
+* **Flagged** (``is_suspect``): the estimated number of wrong labels (the sum of ``P(wrong)``),
+  most suspicious first. (Flagging where ``P(wrong) >= 0.5`` flags far fewer than the estimate
+  when the components overlap: 431 for 871 wrong labels on CIFAR-10 with 40% uniform noise,
+  against 651 by the count, F1 0.573 against 0.681; docs/benchmarks.md.)
+* **Relabel**: a flagged sample whose evidence is strong (``P(wrong) >= 0.9``; for a
+  combination, at least half the members at ``P(wrong) >= 0.9``) and whose alternative is
+  clear (the best other class holds at least half the belief off the given label). Other
+  flagged samples go to **review**; the rest are **keep**; verified rows are **verified**.
+* ``suggested_label``: the most likely class other than the given one (the proposal if the
+  label is wrong); on verified rows, the verified label. ``predicted_label``: ``argmax belief``.
+* Rank: by suspicion among unverified rows, 1 = most suspicious; ties keep row order.
+* The estimated noise rate is the mean ``P(wrong)``, overall and per given class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
+#: P(wrong) at which evidence is strong enough to relabel without review (a 10% error rate
+#: among automatic relabels is the most a team should accept unseen).
 RELABEL_POSTERIOR = 0.9
+#: Share of the belief off the given label that the best other class must hold for its
+#: suggestion to be applied automatically (otherwise the sample goes to review).
 ALTERNATIVE_SHARE = 0.5
+#: Weight of the mean raw member score in ``auto``'s ranking: only breaks ties among samples
+#: whose calibrated posteriors saturate at 0 or 1.
+TIE_BREAK_WEIGHT = 0.001
 _EPS = 1e-4
+_MIN_MIXTURE_SAMPLES = 4
+
+
+@dataclass
+class Evidence:
+    """A method's per-sample conclusions, by dataset row.
+
+    ``suspicion`` ``(N,)`` is in [0, 1]; higher means the given label is more likely wrong.
+    ``belief`` ``(N, C)`` is the method's class distribution (rows sum to 1); the suggestion
+    and the prediction come from it. ``columns`` are extra per-sample columns (named
+    ``<method>_<what>``). ``transition`` is a ``(C, C)`` matrix, rows = true class, columns =
+    given label, when the method learns one. ``arrays`` are ``(N, C)`` tables saved by class.
+    ``members`` holds the suspicion of each member of a combined method; when present, the
+    decision calibrates and combines them (see the module docstring).
+    """
+
+    suspicion: np.ndarray
+    belief: np.ndarray
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    transition: np.ndarray | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    members: dict[str, np.ndarray] | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.suspicion)
+        if self.belief.shape[0] != n:
+            raise ValueError(f"evidence: belief has {self.belief.shape[0]} rows, suspicion {n}")
+        for name, values in (self.members or {}).items():
+            if len(values) != n:
+                raise ValueError(f"evidence: member {name} has {len(values)} rows, expected {n}")
 
 
 @dataclass
@@ -65,7 +115,7 @@ def _logit(s: np.ndarray) -> np.ndarray:
 def fit_mixture(suspicion: np.ndarray, iterations: int = 200) -> Mixture | None:
     """Fit the two-component mixture by EM; ``None`` when the scores do not separate."""
     z = _logit(suspicion)
-    if len(z) < 4 or np.ptp(z) < 1e-6:
+    if len(z) < _MIN_MIXTURE_SAMPLES or np.ptp(z) < 1e-6:
         return None
     lo, hi = np.quantile(z, [0.25, 0.95])
     means = np.array([lo, hi])
@@ -95,9 +145,51 @@ def fit_mixture(suspicion: np.ndarray, iterations: int = 200) -> Mixture | None:
     return Mixture(weights.copy(), means.copy(), stds.copy())
 
 
+def calibrate(suspicion: np.ndarray, fit_rows: np.ndarray) -> np.ndarray | None:
+    """``P(wrong | suspicion)`` for every row from a mixture fitted on ``fit_rows``.
+
+    ``None`` when the scores of ``fit_rows`` do not separate into two components.
+    """
+    mixture = fit_mixture(suspicion[fit_rows]) if fit_rows.sum() >= _MIN_MIXTURE_SAMPLES else None
+    return None if mixture is None else mixture.posterior(suspicion)
+
+
+@dataclass
+class Combined:
+    """Members calibrated one by one and combined: ``auto``'s evidence, decided."""
+
+    p_wrong: np.ndarray  # mean of the members' calibrated P(wrong)
+    suspicion: np.ndarray  # ranking score: p_wrong, ties broken by the mean raw score
+    strong: np.ndarray  # at least half the members put P(wrong) >= RELABEL_POSTERIOR
+    member_p_wrong: dict[str, np.ndarray]
+    votes: np.ndarray  # members at P(wrong) >= RELABEL_POSTERIOR
+
+
+def combine_members(members: dict[str, np.ndarray], fit_rows: np.ndarray) -> Combined:
+    """Calibrate each member by its own mixture and combine by the mean probability.
+
+    A plain mean of raw scores mixes scales (MLC's posteriors sit near 0, IEG's fractions near
+    0.5), which broke the flag count on CIFAR-10 (2,428 flagged for 900 errors); the mean of
+    calibrated probabilities flagged 916. A member whose components overlap never reaches 0.9,
+    so the mean alone would block almost every relabel; a vote of half the members does not.
+    """
+    if not members:
+        raise ValueError("combine_members: no members")
+    posteriors = {}
+    for name, s in members.items():
+        p = calibrate(np.asarray(s, dtype=np.float64), fit_rows)
+        posteriors[name] = np.zeros(len(s)) if p is None else p
+    p_wrong = np.mean(list(posteriors.values()), axis=0)
+    raw = np.mean([np.asarray(s, dtype=np.float64) for s in members.values()], axis=0)
+    suspicion = np.clip((1 - TIE_BREAK_WEIGHT) * p_wrong + TIE_BREAK_WEIGHT * raw, 0.0, 1.0)
+    votes = np.sum([p >= RELABEL_POSTERIOR for p in posteriors.values()], axis=0)
+    strong = votes >= math.ceil(len(posteriors) / 2)
+    return Combined(p_wrong, suspicion, strong, posteriors, votes)
+
+
 @dataclass
 class Decision:
-    """Per-sample outcome over the rows scored (verified rows are handled by the caller)."""
+    """Per-sample outcome over the rows scored (verified rows are handled by :func:`score`)."""
 
     posterior: np.ndarray  # P(label wrong | suspicion)
     is_suspect: np.ndarray
@@ -130,14 +222,14 @@ def decide(
     """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold.
 
     ``confident`` marks samples whose suggested alternative is clear enough to apply
-    automatically; only those can be ``relabel``. ``posterior`` is a method's own calibrated
-    ``P(label wrong)``; without it the mixture is fitted to ``suspicion``. ``strong`` (a
-    method's own mask of strong evidence) replaces the ``P(wrong) >= 0.9`` relabel rule.
+    automatically; only those can be ``relabel``. ``posterior`` is a calibrated
+    ``P(label wrong)`` (from :func:`combine_members`); without it the mixture is fitted to
+    ``suspicion``. ``strong`` (the members' vote) replaces the ``P(wrong) >= 0.9`` relabel rule.
     """
     mixture = fit_mixture(suspicion) if posterior is None else None
     if posterior is not None:
         posterior = np.asarray(posterior, dtype=np.float64)
-        method = "method posterior"
+        method = "members' calibrated posterior"
     elif mixture is not None:
         posterior = mixture.posterior(suspicion)
         method = "mixture"
@@ -147,8 +239,6 @@ def decide(
     relabel_t = _crossing(suspicion, posterior, RELABEL_POSTERIOR)
     expected = int(round(float(posterior.sum()))) if len(posterior) else 0
     if expected > 0:
-        # Flag the estimated number of wrong labels, highest suspicion first; relabelling
-        # still needs P(wrong) >= 0.9, so where the evidence is weaker they go to review.
         flag_t = float(np.sort(suspicion)[::-1][min(expected, len(suspicion)) - 1])
         method += ": estimated count"
     else:
@@ -166,6 +256,117 @@ def _crossing(suspicion: np.ndarray, posterior: np.ndarray, level: float) -> flo
     """The smallest suspicion whose posterior reaches ``level`` (1.0 if none does)."""
     hits = suspicion[posterior >= level]
     return float(hits.min()) if hits.size else 1.0
+
+
+def ranks(suspicion: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """1-based rank by descending suspicion among ``eligible`` rows; 0 elsewhere.
+
+    Ties keep row order (a stable sort), so equal suspicion never reverses ranks.
+    """
+    out = np.zeros(len(suspicion), dtype=np.int64)
+    idx = np.flatnonzero(eligible)
+    order = idx[np.argsort(-np.asarray(suspicion)[idx], kind="stable")]
+    out[order] = np.arange(1, len(order) + 1)
+    return out
+
+
+@dataclass
+class Scored:
+    """The decision for every row of a run (class indices; the run writer names them)."""
+
+    suspicion: np.ndarray  # ranking score; 0 on verified rows
+    p_wrong: np.ndarray  # P(label wrong); 0 on verified rows
+    is_suspect: np.ndarray
+    relabel: np.ndarray
+    action: np.ndarray  # object: relabel / review / keep / verified
+    suggested: np.ndarray  # class index: best other class (verified label on verified rows)
+    predicted: np.ndarray  # class index: argmax belief
+    rank: np.ndarray  # 1-based among unverified rows, 0 on verified rows
+    decision: Decision
+    columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra per-sample columns
+    member_estimated_errors: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, given: np.ndarray, verified_label: np.ndarray, verified: np.ndarray,
+                classes: list[str]) -> dict[str, Any]:
+        free = ~verified
+        per_class = {}
+        for k, name in enumerate(classes):
+            mask = free & (given == k)
+            per_class[name] = round(float(self.p_wrong[mask].mean()), 4) if mask.any() else 0.0
+        out: dict[str, Any] = {
+            "flagged": int(self.is_suspect.sum()),
+            "relabel": int(self.relabel.sum()),
+            "review": int((self.is_suspect & ~self.relabel).sum()),
+            "verified_corrections": int((verified & (verified_label != given)).sum()),
+            "threshold": round(self.decision.threshold, 6),
+            "relabel_threshold": round(self.decision.relabel_threshold, 6),
+            "threshold_method": self.decision.threshold_method,
+            "estimated_errors": int(round(float(self.p_wrong[free].sum()))),
+            "estimated_noise_rate": round(float(self.p_wrong[free].mean()), 4) if free.any() else 0.0,
+            "estimated_noise_rate_per_class": per_class,
+        }
+        if self.member_estimated_errors:
+            out["member_estimated_errors"] = self.member_estimated_errors
+        return out
+
+
+def score(
+    evidence: Evidence,
+    given: np.ndarray,
+    verified: np.ndarray,
+    verified_label: np.ndarray,
+    threshold: float | None = None,
+) -> Scored:
+    """Decide every row from ``evidence``.
+
+    ``given`` ``(N,)`` are the given labels' class indices, ``verified`` marks rows with a
+    verified label ``verified_label`` (elsewhere it equals ``given``). ``threshold`` replaces the
+    derived flag threshold (``audit --threshold``).
+    """
+    given = np.asarray(given, dtype=np.int64)
+    verified = np.asarray(verified, dtype=bool)
+    free = ~verified
+    belief = np.asarray(evidence.belief, dtype=np.float64)
+    suspicion = np.asarray(evidence.suspicion, dtype=np.float64).copy()
+    columns: dict[str, np.ndarray] = {}
+    posterior = strong = None
+    member_errors: dict[str, int] = {}
+    if evidence.members:
+        combined = combine_members(evidence.members, free)
+        suspicion, posterior, strong = combined.suspicion.copy(), combined.p_wrong, combined.strong
+        for name, p in combined.member_p_wrong.items():
+            columns[f"{name}_p_wrong"] = p
+            member_errors[name] = int(round(float(p[free].sum())))
+        columns["strong_votes"] = combined.votes
+    alt, share = alternative(belief, given)
+    decision = decide(
+        suspicion[free], share[free] >= ALTERNATIVE_SHARE, threshold,
+        None if posterior is None else posterior[free], None if strong is None else strong[free],
+    )
+    n = len(given)
+    p_wrong = np.zeros(n)
+    p_wrong[free] = decision.posterior
+    is_suspect = np.zeros(n, dtype=bool)
+    is_suspect[free] = decision.is_suspect
+    relabel = np.zeros(n, dtype=bool)
+    relabel[free] = decision.relabel
+    suspicion[verified] = 0.0
+    suggested = np.where(verified, verified_label, alt)
+    action = np.where(relabel, "relabel", np.where(is_suspect, "review", "keep")).astype(object)
+    action[verified] = "verified"
+    return Scored(suspicion, p_wrong, is_suspect, relabel, action, suggested,
+                  belief.argmax(1), ranks(suspicion, free), decision, columns, member_errors)
+
+
+def threshold_flags(suspicion: np.ndarray, verified: np.ndarray, threshold: float) -> np.ndarray:
+    """``export --threshold``: flag every unverified row with ``suspicion >= threshold``.
+
+    The export then applies the suggestion of every such row (the user chose the cut, so the
+    audit's relabel bar does not apply).
+    """
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold: expected a value in (0, 1), found {threshold}")
+    return (np.asarray(suspicion, dtype=np.float64) >= threshold) & ~np.asarray(verified, dtype=bool)
 
 
 def transition_from_labels(true: np.ndarray, given: np.ndarray, num_classes: int) -> np.ndarray:

@@ -31,8 +31,8 @@ import pandas as pd
 import pytest
 
 from labelclean import RunConfig, audit
-from labelclean.export import label_studio_config, local_files
-from labelclean.runs import Run
+from labelclean.export.label_studio import label_studio_config, local_files
+from labelclean.run import Run
 
 pytestmark = pytest.mark.labelstudio
 

@@ -3,6 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+
+from labelclean.errors import UsageError
 import torch
 import torch.nn.functional as F
 
@@ -88,7 +90,7 @@ def _context(method, scope="head", n=24, c=3, **options):
                        batch_size=8, generator=torch.Generator().manual_seed(0),
                        device=torch.device("cpu"), config=config,
                        load=lambda rows, aug: pixels[rows], notice=lambda m: None)
-    m = METHODS.get(method)(**{"warmup": 0.5, **options})
+    m = METHODS.get(method).build({"warmup": 0.5, **options})
     m.setup(ctx)
     ctx.optimizer = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     ctx.epoch = 1
@@ -217,5 +219,5 @@ def test_auto_runs_one_teacher_forward_per_step_and_shares_it(view):
 
 
 def test_auto_refuses_an_unknown_second_view():
-    with pytest.raises(ValueError, match="second_view"):
+    with pytest.raises(UsageError, match="auto.second_view: expected one of teacher, student"):
         _context("auto", second_view="both")

@@ -2,12 +2,14 @@ import json
 
 import numpy as np
 import pandas as pd
+
+from labelclean.run import schema
 import pytest
 
 from labelclean import RunConfig, audit
 from labelclean.errors import ConfigError, DataError
 from labelclean.evaluate import evaluate_run
-from labelclean.noise import parse_map, simulate, simulate_labels, transition_for
+from labelclean.simulate import parse_map, simulate, simulate_labels, transition_for
 from tests.conftest import tree_digest
 
 C = 4
@@ -81,8 +83,11 @@ def _fake_run(tmp_path, rows):
     run.mkdir()
     scores = pd.DataFrame(rows, columns=["sample_id", "given_label", "suggested_label", "suspicion",
                                          "is_suspect", "action", "verified"])
+    scores = scores.assign(path=scores["sample_id"], image_path=scores["sample_id"], source="dataset",
+                           predicted_label=scores["suggested_label"], p_wrong=scores["suspicion"],
+                           rank=pd.array(range(1, len(scores) + 1), dtype="Int64"))
     scores.to_parquet(run / "scores.parquet")
-    (run / "summary.json").write_text("{}")
+    (run / "summary.json").write_text(json.dumps({"scores_schema_version": schema.SCORES_SCHEMA_VERSION}))
     (run / "config.json").write_text(json.dumps({"dataset": "x"}))
     return run
 

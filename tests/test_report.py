@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from labelclean import RunConfig, audit
-from labelclean.html_report import build_report
+from labelclean.review.html import build_report
 
 EVIL = '<script>document.title="PWNED"</script><img src=x onerror="document.body.dataset.pwned=1">'
 
@@ -29,7 +29,7 @@ def test_report_is_self_contained_and_escapes_labels(evil_run):
     page = (evil_run.run_dir / "report.html").read_text()
     assert "report.html" in evil_run.summary["outputs"]
     assert EVIL not in page and '<script>document.title="PWNED"' not in page
-    assert "&lt;script&gt;document.title=&quot;PWNED&quot;&lt;/script&gt;" in page  # escaped text
+    assert "&lt;script&gt;document.title=&#34;PWNED&#34;&lt;/script&gt;" in page  # escaped text
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert page.count("data:image/png;base64,") >= 1
     n_flagged = int(evil_run.scores["is_suspect"].sum())

@@ -7,10 +7,11 @@ import pytest
 from rich.console import Console
 
 from labelclean import RunConfig, audit
-from labelclean.decisions import load_decisions
+from labelclean.export.decisions import import_decisions, load_decisions
 from labelclean.errors import ConfigError, DataError
-from labelclean.export import export_labels, import_decisions, label_studio_config
-from labelclean.review_session import ReviewSession, require_tty
+from labelclean.export.label_studio import label_studio_config
+from labelclean.export.manifest import export_labels
+from labelclean.review.interactive import ReviewSession, require_tty
 
 
 @pytest.fixture
@@ -113,7 +114,7 @@ def test_import_refuses_unknown_ids_and_labels(run, tmp_path):
 
 
 def test_label_studio_export_skips_untouched_imported_annotations(tmp_path):
-    from labelclean.export import read_label_studio_export
+    from labelclean.export.label_studio import read_label_studio_export
 
     def ann(label, updated_by, when):
         return {"result": [{"type": "choices", "value": {"choices": [label]}}], "completed_by": 1,

@@ -108,6 +108,6 @@ def test_flagged_count_is_the_estimate_for_a_method_posterior():
     post = rng.uniform(0, 1, 200) ** 3
     s = post + rng.normal(0, 0.01, 200)
     d = decide(s, np.ones(200, bool), posterior=post)
-    assert d.threshold_method == "method posterior: estimated count"
+    assert d.threshold_method == "members' calibrated posterior: estimated count"
     assert d.is_suspect.sum() == round(post.sum())
     assert s[d.is_suspect].min() >= s[~d.is_suspect].max()

@@ -48,6 +48,10 @@ class InputTable:
         column = self.id_column or self.path_column
         return [str(v) for v in self.frame[column]]
 
+    def abs_paths(self) -> list[str]:
+        """Each row's image path, resolved against :attr:`base_dir`."""
+        return [_resolve(self.base_dir, str(v)) for v in self.frame[self.path_column]]
+
 
 @dataclass
 class Samples:
@@ -64,6 +68,7 @@ class Samples:
     input: InputTable
     trusted_path: Path | None = None
     label_values: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -82,7 +87,8 @@ class Samples:
 
     def subset(self, keep: np.ndarray) -> Samples:
         table = self.table[keep].reset_index(drop=True)
-        return Samples(table, self.classes, self.input, self.trusted_path, self.label_values)
+        return Samples(table, self.classes, self.input, self.trusted_path, self.label_values,
+                       self.notes)
 
 
 def _problem(problems: list[str], message: str) -> None:
@@ -213,6 +219,7 @@ def load_samples(
             f"{inp.source}: expected at least 2 classes, found {len(classes)} ({', '.join(classes)})"
         )
     index = {c: i for i, c in enumerate(classes)}
+    notes: list[str] = []
     paths = [str(v) for v in inp.frame[inp.path_column]]
     table = pd.DataFrame(
         {
@@ -228,16 +235,16 @@ def load_samples(
         }
     )
     if trusted is not None:
-        table = _merge_trusted(table, Path(trusted), classes, inp)
+        table = _merge_trusted(table, Path(trusted), classes, inp, notes)
     table["target"] = [
         index[t] if v else li
         for t, v, li in zip(table["trusted_label"], table["verified"], table["label_index"])
     ]
-    return Samples(table, classes, inp, Path(trusted) if trusted else None, label_values)
+    return Samples(table, classes, inp, Path(trusted) if trusted else None, label_values, notes)
 
 
 def _merge_trusted(
-    table: pd.DataFrame, path: Path, classes: list[str], inp: InputTable
+    table: pd.DataFrame, path: Path, classes: list[str], inp: InputTable, notes: list[str]
 ) -> pd.DataFrame:
     """Mark dataset rows that the trusted set verifies; add trusted rows not in the dataset."""
     frame = read_table(path)
@@ -254,7 +261,10 @@ def _merge_trusted(
     problems: list[str] = []
     known = set(classes)
     by_id = {sid: i for i, sid in enumerate(table["sample_id"])}
-    by_path = {p: i for i, p in enumerate(table["abs_path"])}
+    # Paths meet on their resolved form: a dataset given through a symlink or as an absolute
+    # path, and a trusted file with absolute or relative paths, name the same image.
+    by_path = {os.path.realpath(p): i for i, p in enumerate(table["abs_path"])}
+    respelled = 0
     table = table.copy()
     seen: dict[int, str] = {}
     extra = []
@@ -270,7 +280,9 @@ def _merge_trusted(
         abs_path = _resolve(path.parent, str(raw_path))
         i = by_id.get(str(frame[id_col].iloc[r])) if id_col else None
         if i is None:
-            i = by_path.get(abs_path)
+            i = by_path.get(os.path.realpath(abs_path))
+            if i is not None and table.at[i, "abs_path"] != abs_path:
+                respelled += 1
         if i is None:
             sid = str(frame[id_col].iloc[r]) if id_col else f"trusted:{raw_path}"
             extra.append((sid, str(raw_path), abs_path, label, r))
@@ -283,6 +295,9 @@ def _merge_trusted(
         table.at[i, "verified"] = True
         table.at[i, "trusted_label"] = label
     raise_problems(problems)
+    if respelled:
+        notes.append(f"{path}: {respelled} trusted path(s) spelled differently from the dataset's "
+                     "(symlink, absolute or relative) matched their images by resolved path")
     if extra:
         index = {c: i for i, c in enumerate(classes)}
         rows = pd.DataFrame(

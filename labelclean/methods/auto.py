@@ -1,38 +1,39 @@
-"""``auto``: the default. One training run, four methods' meta signals, one combined ranking."""
+"""``auto``: the default. One training run, the meta methods' signals, one combined ranking."""
 
 from __future__ import annotations
 
-import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_evidence
-from labelclean.methods.ieg import IEG
-from labelclean.methods.meta import MetaMethod
-from labelclean.methods.mlc import MLC
-from labelclean.methods.mlnt import MLNT
-from labelclean.methods.mslg import MSLG
-from labelclean.scoring import RELABEL_POSTERIOR, fit_mixture
-
-MEMBERS: dict[str, type[MetaMethod]] = {"mlc": MLC, "mslg": MSLG, "ieg": IEG, "mlnt": MLNT}
+from labelclean.errors import UsageError
+from labelclean.methods.base import METHODS, Batch, TrainContext, belief_suspicion
+from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
+from labelclean.methods.options import split_nested
+from labelclean.scoring import Evidence
 
 
-def member_posteriors(suspicion: dict[str, np.ndarray], fit_rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Each member's ``P(label wrong | its suspicion)`` from its own two-component mixture.
+def member_names() -> list[str]:
+    """Registered methods that ``auto`` can combine, by name."""
+    return [n for n in METHODS.names() if getattr(METHODS.get(n), "auto_member", False)]
 
-    Members score on different scales (MLC's posteriors sit near 0, IEG's fractions near 0.5),
-    so their raw scores are not averaged: each is first calibrated by the same mixture the
-    audit uses for its flag threshold, fitted on ``fit_rows`` (the unverified samples).
-    """
-    out = {}
-    for name, s in suspicion.items():
-        mixture = fit_mixture(s[fit_rows]) if fit_rows.sum() >= 4 else None
-        out[name] = mixture.posterior(s) if mixture is not None else np.zeros_like(s, dtype=np.float64)
-    return out
+
+@dataclass(frozen=True)
+class AutoOptions(MetaOptions):
+    """``members``: comma-separated member names, or ``all``. ``second_view``: ``teacher``
+    (a member's teacher on the second view, one forward less) or ``student`` (the papers')."""
+
+    members: str = "all"
+    second_view: Literal["teacher", "student"] = "teacher"
+
+    def selected(self) -> list[str]:
+        if self.members.strip() == "all":
+            return member_names()
+        return [n.strip() for n in self.members.split(",") if n.strip()]
 
 
 @METHODS.register("auto")
@@ -46,21 +47,16 @@ class Auto(MetaMethod):
     mean of the members' losses (one backward pass), so every member's correction shapes it.
     The members keep their own per-sample evidence, keyed by sample id.
 
-    Combination (chosen by measurement, docs/benchmarks.md): each member's suspicion is
-    calibrated to ``P(label wrong)`` by its own two-component mixture
-    (:func:`member_posteriors`), and ``p_wrong`` is the mean of those probabilities; its sum is
-    the estimated number of wrong labels (that many are flagged), it drives the relabel
-    decision (>= 0.9), and it ranks the samples (ties broken by the mean raw score). A plain mean of raw scores ranked as well but mixed scales, which
-    broke the flag threshold on CIFAR-10 (2,428 flagged for 900 errors, F1 0.52); the mean of
-    calibrated probabilities flagged 916 (F1 0.725, above every member alone). A flagged
-    sample is relabelled (with a clear alternative) when at least half the members put its
-    P(wrong) at 0.9 or more: a member whose components overlap never reaches 0.9, so the
-    mean would block every relabel (2 of 916 on CIFAR-10); the vote relabelled 413 at 65%
-    precision and raised label accuracy from 0.820 to 0.867 there. The suggestion comes from
-    the mean of the members' beliefs. The scores table keeps each member's column,
+    Combination: ``auto`` hands each member's suspicion to the scoring module
+    (``Evidence.members``), which calibrates each by its own mixture, combines them by the mean
+    probability and relabels by a vote of half the members
+    (:func:`labelclean.scoring.combine_members`; the measurements behind the rule are there
+    and in docs/methods.md). The belief is the mean of the members' beliefs. The scores table keeps each member's column,
     ``agreement`` is the fraction of members whose own most likely class differs from the
     given label, with their names in ``doubted_by``; the weights are in the summary.
-    ``members`` (comma-separated) selects a subset.
+    ``members`` (comma-separated, default ``all``) selects a subset; ``--option mlc.mode=reset``
+    sets a member's own option. Members are the registered methods with ``auto_member``; each
+    declares the shared inputs it reads (``shared_needs``), so ``auto`` knows none by name.
 
     Deviation to save a forward pass (``second_view="teacher"``, the default): after the
     warm-up, IEG's second view is MLNT's EMA teacher applied to the second augmentation, and
@@ -73,69 +69,87 @@ class Auto(MetaMethod):
 
     name = "auto"
     num_views = 2
+    Options = AutoOptions
+    options: AutoOptions
+
+    def __init__(self, options: AutoOptions | None = None,
+                 members: dict[str, MetaMethod] | None = None) -> None:
+        super().__init__(options)
+        if members is None:
+            members = {n: METHODS.get(n).build({"warmup": self.options.warmup})  # type: ignore[misc]
+                       for n in self._member_names()}
+        self.members: dict[str, MetaMethod] = members
+
+    def _member_names(self) -> list[str]:
+        known = member_names()
+        names = self.options.selected()
+        unknown = [n for n in names if n not in known]
+        if unknown or not names:
+            raise UsageError(f"--option auto.members: expected some of {', '.join(known)} or all, "
+                             f"found {self.options.members!r}")
+        return names
 
     @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "members": "mlc,mslg,ieg,mlnt", "second_view": "teacher"}
+    def build(cls, raw: dict[str, Any] | None = None) -> Auto:
+        """``--option warmup=0.3 --option mlc.mode=reset``: auto's own and its members' options."""
+        own, nested = split_nested(dict(raw or {}))
+        auto = cls(AutoOptions.parse(own, cls.name), members={})
+        names = auto._member_names()
+        stray = sorted(set(nested) - set(names))
+        if stray:
+            raise UsageError(f"--option {stray[0]}.*: {stray[0]!r} is not a member of auto "
+                             f"(members: {', '.join(names)})")
+        for n in names:
+            member_cls = METHODS.get(n)
+            options = member_cls.Options.parse({"warmup": auto.options.warmup, **nested.get(n, {})}, n)
+            auto.members[n] = member_cls(options)  # type: ignore[assignment]
+        return auto
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        names = [n.strip() for n in str(self.options["members"]).split(",") if n.strip()]
-        unknown = [n for n in names if n not in MEMBERS]
-        if unknown or not names:
-            raise ValueError(f"auto members: expected some of {', '.join(MEMBERS)}, found {names}")
-        if self.options["second_view"] not in ("teacher", "student"):
-            raise ValueError(f"auto second_view: expected teacher or student, "
-                             f"found {self.options['second_view']!r}")
-        warmup = float(self.options["warmup"])
-        self.members = {n: MEMBERS[n](warmup=warmup) for n in names}
+        self.needs = frozenset().union(*(m.shared_needs for m in self.members.values()))
         for m in self.members.values():
             m.setup(ctx)
             m.dynamics = self.dynamics  # one forward, one record
-            m.reference = self.reference
-            m.reference_source = self.reference_source
             m.warmup_epochs = self.warmup_epochs
-        if "mlnt" in self.members and self.reference_source == "pending":
-            self.members["mlnt"].reference_source = "none"
+        self._sync_reference()
 
     def _sync_reference(self) -> None:
-        for name, m in self.members.items():
-            if name == "mlnt" and self.reference_source != "trusted":
-                continue
-            m.reference = self.reference
-            m.reference_source = self.reference_source
+        for m in self.members.values():
+            m.adopt_reference(self.reference, self.reference_source)
 
     def on_epoch_start(self, epoch: int) -> None:
         super().on_epoch_start(epoch)
         self._sync_reference()
         for m in self.members.values():
-            if isinstance(m, MLNT):
-                m.on_epoch_start(epoch)
+            m.on_epoch_start(epoch)
+
+    def second_view(self, batch: Batch) -> tuple[Tensor, Tensor | None]:
+        """Logits of the second view, and the teacher's probabilities when a teacher gave them."""
+        assert batch.x2 is not None
+        members = self.members.values()
+        teachers = [t for m in members if (t := m.view_teacher()) is not None]
+        grad = any(m.second_view_needs_grad() for m in members)
+        if self.options.second_view == "teacher" and teachers and not grad:
+            with torch.no_grad():
+                z2 = teachers[0](batch.x2)
+            return z2, z2.softmax(1)
+        if grad:
+            return self.context.model(batch.x2), None
+        with torch.no_grad():
+            return self.context.model(batch.x2), None
 
     def training_step(self, batch: Batch) -> Tensor:
         h, z = self.forward(batch)
-        ieg, mlnt = self.members.get("ieg"), self.members.get("mlnt")
         if self.in_warmup:
-            if isinstance(ieg, IEG):
-                ieg.record_pseudo(batch, z, z)  # one view during the CE warm-up
+            for m in self.members.values():
+                m.observe_warmup(batch, z, z)  # one view during the CE warm-up
             return F.cross_entropy(z, batch.y)
-        shared = self.shared_inputs(batch)
-        if isinstance(ieg, IEG):
-            use_teacher = (self.options["second_view"] == "teacher" and isinstance(mlnt, MLNT)
-                           and mlnt.iteration >= 0 and not ieg.options["consistency"])
-            if use_teacher:
-                assert batch.x2 is not None and isinstance(mlnt, MLNT)
-                with torch.no_grad():
-                    shared.z2 = mlnt.teacher(batch.x2)
-                shared.p_teacher = shared.z2.softmax(1)
-            else:
-                shared.z2 = ieg.second_view(batch)
-        losses = []
-        for name, m in self.members.items():
-            if isinstance(m, MLNT) and m.iteration < 0:
-                losses.append(F.cross_entropy(z, batch.y))
-            else:
-                losses.append(m.step_loss(batch, h, z, shared))
+        shared = self.shared_inputs(batch) if "reference" in self.needs else Shared()
+        if "second_view" in self.needs:
+            shared.z2, shared.p_teacher = self.second_view(batch)
+        losses = [m.step_loss(batch, h, z, shared) if m.ready() else F.cross_entropy(z, batch.y)
+                  for m in self.members.values()]
         return torch.stack(losses).mean()
 
     def after_step(self, batch: Batch) -> None:
@@ -146,35 +160,23 @@ class Auto(MetaMethod):
         ctx = self.context
         labels = ctx.labels.cpu().numpy()
         parts = {name: m.evidence() for name, m in self.members.items()}
-        free = ~ctx.verified.cpu().numpy()
-        posteriors = member_posteriors({n: e.suspicion for n, e in parts.items()}, free)
-        p_wrong = np.mean(list(posteriors.values()), axis=0)
         raw = np.mean([e.suspicion for e in parts.values()], axis=0)
-        # Ties (posteriors saturate at 0 and 1) are broken by the mean raw score.
-        suspicion = np.clip(0.999 * p_wrong + 0.001 * raw, 0.0, 1.0)
         belief = np.mean([e.belief for e in parts.values()], axis=0)
-        _, suggested = belief_evidence(torch.from_numpy(belief), ctx.labels)
         doubting = np.stack([e.belief.argmax(1) != labels for e in parts.values()])
         names = np.array(list(parts))
-        dynamics_suspicion, _ = belief_evidence(self.dynamics.mean(), ctx.labels)
-        columns: dict[str, np.ndarray] = {"ce_suspicion": dynamics_suspicion}
-        for n, e in parts.items():
+        columns: dict[str, np.ndarray] = {"ce_suspicion": belief_suspicion(self.dynamics.mean(), ctx.labels)}
+        for e in parts.values():
             columns.update(e.columns)
-            columns[f"{n}_p_wrong"] = posteriors[n]
         columns["agreement"] = doubting.mean(0)
         columns["doubted_by"] = np.array([",".join(names[doubting[:, i]]) for i in range(len(labels))],
                                          dtype=object)
         arrays = {k: v for e in parts.values() for k, v in e.arrays.items()}
-        transition = parts["mlc"].transition if "mlc" in parts else None
+        transition = next((e.transition for e in parts.values() if e.transition is not None), None)
         summary = {**self.base_summary(), "members": list(parts),
-                   "member_estimated_errors": {n: int(round(float(p[free].sum()))) for n, p in posteriors.items()},
                    "member_summaries": {n: {k: v for k, v in e.summary.items() if k != "notes"}
                                         for n, e in parts.items()}}
-        votes = np.sum([p >= RELABEL_POSTERIOR for p in posteriors.values()], axis=0)
-        strong = votes >= math.ceil(len(posteriors) / 2)
-        columns["strong_votes"] = votes
-        return Evidence(suspicion, suggested, belief, columns, transition, summary, arrays,
-                        p_wrong=p_wrong, strong=strong)
+        return Evidence(raw, belief, columns, transition, summary, arrays,
+                        members={n: e.suspicion for n, e in parts.items()})
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(),

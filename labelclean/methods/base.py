@@ -23,17 +23,21 @@ against different data is refused. Batch position is never used as identity.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from labelclean.config import RunConfig
 from labelclean.errors import ConfigError
+from labelclean.methods.options import MethodOptions
 from labelclean.models import Backbone
 from labelclean.registry import Registry
+from labelclean.scoring import Evidence
+
+if TYPE_CHECKING:
+    from labelclean.config import RunConfig
 
 
 @dataclass
@@ -104,28 +108,6 @@ class TrainContext:
         return torch.cat(outs) if outs else torch.empty(0)
 
 
-@dataclass
-class Evidence:
-    """A method's per-sample conclusions, by dataset row.
-
-    ``suspicion`` is in [0, 1]; higher means the given label is more likely wrong.
-    ``suggested`` is a class index. ``belief`` is the method's class distribution ``(N, C)``
-    behind the suggestion. ``columns`` are extra per-sample evidence columns (named
-    ``<method>_<what>``). ``transition`` is a ``(C, C)`` matrix, rows = true class,
-    columns = given label, rows summing to 1, when the method learns one.
-    """
-
-    suspicion: np.ndarray
-    suggested: np.ndarray
-    belief: np.ndarray
-    columns: dict[str, np.ndarray] = field(default_factory=dict)
-    transition: np.ndarray | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)  # (N, C) tables, saved by class
-    p_wrong: np.ndarray | None = None  # (N,) calibrated P(label wrong), if the method has one
-    strong: np.ndarray | None = None  # (N,) bool: evidence strong enough to relabel
-
-
 class Method:
     """Base class. Subclasses set ``name``, override :meth:`training_step` and :meth:`evidence`."""
 
@@ -133,19 +115,20 @@ class Method:
     needs_trusted: ClassVar[bool] = False
     num_views: ClassVar[int] = 1
 
-    def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(self.default_options()))
-        if unknown:
-            raise ConfigError(
-                f"method {self.name!r}: unknown option(s) {', '.join(unknown)}; "
-                f"known: {', '.join(sorted(self.default_options())) or 'none'}"
-            )
-        self.options = {**self.default_options(), **options}
+    #: The method's typed options (a frozen dataclass); see :mod:`labelclean.methods.options`.
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+
+    def __init__(self, options: MethodOptions | None = None) -> None:
+        self.options = self.Options() if options is None else options
+        if not isinstance(self.options, self.Options):
+            raise TypeError(f"{self.name}: expected {self.Options.__name__}, "
+                            f"found {type(self.options).__name__}")
         self.ctx: TrainContext | None = None
 
     @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {}
+    def build(cls, raw: dict[str, Any] | None = None) -> Method:
+        """Build from ``--option`` values (names to JSON or text); bad values exit 2."""
+        return cls(cls.Options.parse(dict(raw or {}), cls.name))
 
     @property
     def context(self) -> TrainContext:
@@ -224,14 +207,13 @@ class Dynamics:
         self.count.copy_(state["count"])
 
 
-def belief_evidence(belief: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Suspicion ``1 - belief[i, label_i]`` and suggestion ``argmax belief[i]``.
+def belief_suspicion(belief: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+    """Suspicion ``1 - belief[i, label_i]`` as a numpy array ``(N,)``.
 
-    ``belief`` is ``(N, C)`` with rows summing to 1; returns numpy arrays ``(N,)``.
+    ``belief`` is ``(N, C)`` with rows summing to 1.
     """
     p_given = belief.gather(1, labels.view(-1, 1).to(belief.device)).squeeze(1)
-    suspicion = (1.0 - p_given).clamp(0.0, 1.0)
-    return suspicion.double().cpu().numpy(), belief.argmax(1).cpu().numpy()
+    return (1.0 - p_given).clamp(0.0, 1.0).double().cpu().numpy()
 
 
 def per_sample_soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

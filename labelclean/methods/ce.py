@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, Method, TrainContext, belief_evidence
+from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, Method, TrainContext, belief_suspicion
 
 
 @METHODS.register("ce")
@@ -35,8 +35,8 @@ class CrossEntropy(Method):
 
     def evidence(self) -> Evidence:
         belief = self.dynamics.mean()
-        suspicion, suggested = belief_evidence(belief, self.context.labels)
-        return Evidence(suspicion, suggested, belief.numpy(), {"ce_suspicion": suspicion})
+        suspicion = belief_suspicion(belief, self.context.labels)
+        return Evidence(suspicion, belief.numpy(), {"ce_suspicion": suspicion})
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "dynamics": self.dynamics.state_dict()}

@@ -81,6 +81,33 @@ def head_sensitivity(meta_head_grad: Params, h: Tensor) -> Tensor:
     return F.linear(h, meta_head_grad["weight"], meta_head_grad["bias"])
 
 
+def head_meta_sensitivity(
+    theta: Params,
+    inner_loss: Tensor,
+    lr: float,
+    h: Tensor,
+    h_ref: Tensor,
+    y_ref: Tensor,
+    shift: Params | None = None,
+) -> Tensor:
+    """The head-scope virtual step every closed form starts from.
+
+    One SGD step of the head copies ``theta`` on ``inner_loss`` (plus ``shift``, e.g. IEG's
+    momentum and weight decay), the meta CE of the moved head on the reference features
+    ``h_ref``, and its sensitivity ``a_i = G h_i + g_b`` for the batch features ``h``
+    (:func:`head_sensitivity`), ``(B, C)``.
+    """
+    names = list(theta)
+    inner = torch.autograd.grad(inner_loss, [theta[k] for k in names])
+    fast = {
+        k: (theta[k] - lr * (g + (shift[k] if shift is not None else 0))).detach().requires_grad_(True)
+        for k, g in zip(names, inner)
+    }
+    meta = F.cross_entropy(linear(fast, h_ref), y_ref)
+    grads = dict(zip(names, torch.autograd.grad(meta, [fast[k] for k in names])))
+    return head_sensitivity(grads, h)
+
+
 def mslg_head_label_grad(f: Tensor, a: Tensor, alpha: float) -> Tensor:
     """MSLG closed form: ``dL_meta/dyᵈ_ik = α/(BC) · f_ik (a_ik − Σ_j f_ij a_ij)``.
 

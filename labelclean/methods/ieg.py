@@ -6,6 +6,7 @@ google-research/google-research, folder ieg/.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,19 +18,49 @@ from labelclean.methods.base import (
     Batch,
     Evidence,
     TrainContext,
-    belief_evidence,
+    belief_suspicion,
     per_sample_soft_ce,
     soft_cross_entropy,
 )
 from labelclean.methods.functional import (
-    head_sensitivity,
+    head_meta_sensitivity,
     ieg_head_grads,
     linear,
     logit_norm,
     meta_gradient,
     sharpen,
 )
-from labelclean.methods.meta import MetaMethod, Shared
+from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
+from labelclean.methods.options import check
+
+
+@dataclass(frozen=True)
+class IEGOptions(MetaOptions):
+    """The code's defaults: ``eta`` lookahead step, ``meta_momentum``, ``lambda_init``,
+    ``temperature`` of sharpening; ``mixup``/``consistency`` switches with their factors."""
+
+    warmup: float = 0.1
+    eta: float = 0.1
+    meta_momentum: float = 0.9
+    lambda_init: float = 0.9
+    temperature: float = 0.5
+    mixup: bool = False
+    consistency: bool = False
+    ce_factor: float = 5.0
+    consistency_factor: float = 20.0
+    mixup_beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 <= self.lambda_init <= 1, f"lambda_init: expected [0, 1], found {self.lambda_init}")
+        check(self.temperature > 0, f"temperature: expected > 0, found {self.temperature}")
+        check(self.eta > 0, f"eta: expected > 0, found {self.eta}")
+
+
+#: A sample whose normalised weight times the batch size is below this is "isolated" (ω≈0).
+ISOLATED_WEIGHT = 1e-3
+#: Share of the given label kept in the weighted term's target (the code's 0.9 e + 0.1 g).
+WEIGHTED_TARGET_GIVEN = 0.9
 
 
 @METHODS.register("ieg")
@@ -56,12 +87,10 @@ class IEG(MetaMethod):
 
     name = "ieg"
     num_views = 2
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "warmup": 0.1, "eta": 0.1, "meta_momentum": 0.9,
-                "lambda_init": 0.9, "temperature": 0.5, "mixup": False, "consistency": False,
-                "ce_factor": 5.0, "consistency_factor": 20.0, "mixup_beta": 0.5}
+    auto_member = True
+    shared_needs = frozenset({"reference", "second_view"})
+    Options = IEGOptions
+    options: IEGOptions
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -75,13 +104,13 @@ class IEG(MetaMethod):
 
     def pseudo_labels(self, z: Tensor, z2: Tensor) -> Tensor:
         p = 0.5 * (logit_norm(z.detach()).softmax(1) + logit_norm(z2.detach()).softmax(1))
-        return sharpen(p, float(self.options["temperature"]))
+        return sharpen(p, float(self.options.temperature))
 
     def _shift(self, theta: dict[str, Tensor], live: dict[str, Tensor]) -> dict[str, Tensor]:
         """``μ m + wd θ`` for each parameter of the virtual step (momentum from the optimizer)."""
         opt = self.context.optimizer
         assert opt is not None
-        mu = float(self.options["meta_momentum"])
+        mu = float(self.options.meta_momentum)
         wd = float(opt.param_groups[0]["weight_decay"])
         out = {}
         for k, p in live.items():
@@ -95,8 +124,8 @@ class IEG(MetaMethod):
     ) -> tuple[Tensor, Tensor]:
         x_ref, y_ref = shared.x_ref, shared.y_ref
         b = len(onehot)
-        eta = float(self.options["eta"])
-        lam0 = float(self.options["lambda_init"])
+        eta = float(self.options.eta)
+        lam0 = float(self.options.lambda_init)
         model = self.context.model
         if self.scope == "head":
             theta = self.theta()
@@ -105,12 +134,9 @@ class IEG(MetaMethod):
             t = lam0 * onehot + (1 - lam0) * g
             zt = linear(theta, hd)
             omega = torch.full((b,), 1.0 / b, device=z.device)
-            inner = torch.autograd.grad((omega * per_sample_soft_ce(zt, t)).sum(), list(theta.values()))
-            shift = self._shift(theta, live)
-            fast = {k: (v - eta * (gr + shift[k])).detach().requires_grad_(True)
-                    for (k, v), gr in zip(theta.items(), inner)}
-            meta = F.cross_entropy(linear(fast, shared.h_ref), y_ref)
-            a = head_sensitivity(dict(zip(fast, torch.autograd.grad(meta, list(fast.values())))), hd)
+            assert shared.h_ref is not None
+            a = head_meta_sensitivity(theta, (omega * per_sample_soft_ce(zt, t)).sum(), eta, hd,
+                                      shared.h_ref, y_ref, shift=self._shift(theta, live))
             return ieg_head_grads(zt.detach().softmax(1), t, onehot, g, omega, a, eta)
         theta = dict(model.named_parameters())
         omega = torch.full((b,), 1.0 / b, device=z.device, requires_grad=True)
@@ -129,7 +155,7 @@ class IEG(MetaMethod):
     def second_view(self, batch: Batch) -> Tensor:
         """Logits of the second view; with gradient only when consistency training needs it."""
         assert batch.x2 is not None
-        if self.options["consistency"]:
+        if self.options.consistency:
             return self.context.model(batch.x2)
         with torch.no_grad():
             return self.context.model(batch.x2)
@@ -144,6 +170,12 @@ class IEG(MetaMethod):
         shared.z2 = z2
         return self.step_loss(batch, h, z, shared)
 
+    def observe_warmup(self, batch: Batch, z: Tensor, z2: Tensor) -> None:
+        self.record_pseudo(batch, z, z2)
+
+    def second_view_needs_grad(self) -> bool:
+        return self.options.consistency
+
     def record_pseudo(self, batch: Batch, z: Tensor, z2: Tensor) -> Tensor:
         g = self.pseudo_labels(z, z2)
         rows = batch.index.cpu()
@@ -154,7 +186,7 @@ class IEG(MetaMethod):
     def step_loss(self, batch: Batch, h: Tensor, z: Tensor, shared: Shared) -> Tensor:
         assert shared.z2 is not None
         z2 = shared.z2
-        consistency = bool(self.options["consistency"])
+        consistency = bool(self.options.consistency)
         rows = batch.index.cpu()
         g = self.record_pseudo(batch, z, z2)
         onehot = F.one_hot(batch.y, z.shape[1]).to(z.dtype)
@@ -168,17 +200,17 @@ class IEG(MetaMethod):
         b = len(rows)
         self.visits.index_add_(0, rows, torch.ones(b, dtype=torch.float64))
         self.relabelled.index_add_(0, rows, (1 - lam).double().cpu())
-        self.isolated.index_add_(0, rows, (weights * b < 1e-3).double().cpu())
+        self.isolated.index_add_(0, rows, (weights * b < ISOLATED_WEIGHT).double().cpu())
         self.weight_sum.index_add_(0, rows, (raw * b).double().cpu())
 
         target = lam[:, None] * onehot + (1 - lam[:, None]) * g
         loss = 0.5 * per_sample_soft_ce(z, target).mean()
-        loss = loss + 0.5 * (weights * per_sample_soft_ce(z, 0.9 * onehot + 0.1 * g)).sum()
-        if self.options["mixup"]:
+        loss = loss + 0.5 * (weights * per_sample_soft_ce(z, WEIGHTED_TARGET_GIVEN * onehot + (1 - WEIGHTED_TARGET_GIVEN) * g)).sum()
+        if self.options.mixup:
             loss = loss + self.mixup_loss(batch, g, x_ref, y_ref)
         if consistency:
             q = z.detach().softmax(1)
-            loss = loss + float(self.options["consistency_factor"]) * F.kl_div(
+            loss = loss + float(self.options.consistency_factor) * F.kl_div(
                 F.log_softmax(z2, 1), q, reduction="batchmean")
         return loss
 
@@ -192,7 +224,7 @@ class IEG(MetaMethod):
         n = len(x_pool)
         perm = torch.randperm(n, generator=ctx.generator).to(x_pool.device)
         u = torch.rand(n, generator=ctx.generator).to(x_pool.device)
-        m = u ** (1.0 / float(self.options["mixup_beta"])) / 2
+        m = u ** (1.0 / float(self.options.mixup_beta)) / 2
         m = torch.maximum(m, 1 - m)
         x_mix = m[:, None, None, None] * x_pool + (1 - m[:, None, None, None]) * x_pool[perm]
         y_mix = m[:, None] * y_pool + (1 - m[:, None]) * y_pool[perm]
@@ -200,7 +232,7 @@ class IEG(MetaMethod):
         p = len(x_ref)
         probe = soft_cross_entropy(logit_norm(out[:p]), y_mix[:p])
         rest = soft_cross_entropy(logit_norm(out[p:]), y_mix[p:])
-        return probe + float(self.options["ce_factor"]) * rest
+        return probe + float(self.options.ce_factor) * rest
 
     def evidence(self) -> Evidence:
         labels = self.context.labels.cpu()
@@ -211,7 +243,7 @@ class IEG(MetaMethod):
         never = self.pseudo_visits == 0
         pseudo[never] = self.dynamics.mean()[never]
         pseudo = pseudo / pseudo.sum(1, keepdim=True)
-        off_given, suggested = belief_evidence(pseudo, labels)
+        off_given = belief_suspicion(pseudo, labels)
         suspicion = ((relabel_rate + isolated_rate).numpy() + off_given) / 3.0
         columns = {
             "ieg_suspicion": suspicion,
@@ -219,7 +251,7 @@ class IEG(MetaMethod):
             "ieg_isolated_rate": isolated_rate.numpy(),
             "ieg_weight": (self.weight_sum / visits).numpy(),
         }
-        return Evidence(suspicion, suggested, pseudo.numpy(), columns, summary=self.base_summary())
+        return Evidence(suspicion, pseudo.numpy(), columns, summary=self.base_summary())
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), **{k: getattr(self, k).clone() for k in self._tables}}

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torch import Tensor
 
 from labelclean.methods.base import Batch, Dynamics, Method, TrainContext
 from labelclean.methods.functional import Params, functional_forward, head_params, linear
+from labelclean.methods.options import MethodOptions, check
 
 
 @dataclass
@@ -46,18 +47,45 @@ class Shared:
     p_teacher: Tensor | None = None
 
 
+@dataclass(frozen=True)
+class MetaOptions(MethodOptions):
+    """Options every meta method shares.
+
+    ``warmup``: fraction of epochs trained with plain CE first (every paper warms up).
+    ``reference_per_class``: without a trusted set, lowest-loss picks per class after warm-up.
+    ``reference_batch``: reference batch size (0: half the training batch).
+    ``train_on_reference``: keep training on the reference rows after warm-up.
+    """
+
+    warmup: float = 0.2
+    reference_per_class: int = 10
+    reference_batch: int = 0
+    train_on_reference: bool = False
+
+    def __post_init__(self) -> None:
+        check(0 <= self.warmup < 1, f"warmup: expected a value in [0, 1), found {self.warmup}")
+        check(self.reference_per_class >= 1,
+              f"reference_per_class: expected >= 1, found {self.reference_per_class}")
+        check(self.reference_batch >= 0, f"reference_batch: expected >= 0, found {self.reference_batch}")
+
+
+#: Shared per-step inputs a method can declare in :attr:`MetaMethod.shared_needs`.
+SHARED_INPUTS = ("reference", "second_view", "teacher_target")
+
+
 class MetaMethod(Method):
     needs_trusted = True
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {"warmup": 0.2, "reference_per_class": 10, "reference_batch": 0,
-                "train_on_reference": False}
+    Options = MetaOptions
+    options: MetaOptions
+    #: ``auto`` combines every registered method that sets this (its file is the only change).
+    auto_member: ClassVar[bool] = False
+    #: Which of :data:`SHARED_INPUTS` the method's :meth:`step_loss` reads from ``Shared``.
+    shared_needs: ClassVar[frozenset[str]] = frozenset({"reference"})
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
         self.dynamics = Dynamics(ctx.num_samples, ctx.num_classes)
-        warm = float(self.options["warmup"])
+        warm = float(self.options.warmup)
         self.warmup_epochs = min(ctx.epochs - 1, max(1 if warm > 0 else 0, round(warm * ctx.epochs)))
         verified = torch.where(ctx.verified.cpu())[0]
         self.reference = verified
@@ -78,7 +106,7 @@ class MetaMethod(Method):
     def _pick_reference(self) -> None:
         """Lowest-loss samples per class under the warmed-up model (not verified labels)."""
         ctx = self.context
-        k = int(self.options["reference_per_class"])
+        k = self.options.reference_per_class
         probs = ctx.predict()
         labels = ctx.labels.cpu()
         loss = -torch.log(probs.gather(1, labels.view(-1, 1)).squeeze(1).clamp_min(1e-12))
@@ -100,7 +128,7 @@ class MetaMethod(Method):
         A reference set the model also trains on is fitted within a few epochs, after which
         the meta loss and every meta-gradient vanish.
         """
-        if self.in_warmup or self.reference_source == "pending" or self.options["train_on_reference"]:
+        if self.in_warmup or self.reference_source == "pending" or self.options.train_on_reference:
             return None
         keep = torch.ones(self.context.num_samples, dtype=torch.bool)
         keep[self.reference] = False
@@ -122,10 +150,31 @@ class MetaMethod(Method):
         h_ref = self.reference_features(x_ref) if self.scope == "head" else None
         return Shared(x_ref, y_ref, h_ref)
 
+    # -- hooks a combining method (``auto``) uses instead of knowing its members --------
+    def ready(self) -> bool:
+        """Whether :meth:`step_loss` applies this step (after warm-up, by default)."""
+        return not self.in_warmup
+
+    def observe_warmup(self, batch: Batch, z: Tensor, z2: Tensor) -> None:
+        """See a warm-up batch's logits (``z2``: the second view's); records nothing by default."""
+
+    def second_view_needs_grad(self) -> bool:
+        """Whether the second view's logits must carry a gradient into the loss."""
+        return False
+
+    def view_teacher(self) -> torch.nn.Module | None:
+        """A teacher network whose output on the second view may stand in for the student's."""
+        return None
+
+    def adopt_reference(self, rows: Tensor, source: str) -> None:
+        """Take the reference set a combining method chose (``source``: trusted/selected)."""
+        self.reference = rows
+        self.reference_source = source
+
     # -- reference batches --------------------------------------------------------------
     def reference_rows(self) -> Tensor:
         ctx = self.context
-        size = int(self.options["reference_batch"]) or max(8, ctx.batch_size // 2)
+        size = self.options.reference_batch or max(8, ctx.batch_size // 2)
         if len(self.reference) == 0:
             raise RuntimeError("no reference samples")
         pick = torch.randint(0, len(self.reference), (size,), generator=ctx.generator)
@@ -173,7 +222,7 @@ class MetaMethod(Method):
         return theta, lambda: z
 
     def inner_lr(self) -> float:
-        lr = self.options.get("inner_lr")
+        lr = getattr(self.options, "inner_lr", None)
         if lr:
             return float(lr)
         assert self.context.optimizer is not None

@@ -7,15 +7,17 @@ ZhenWang-PhD/Training-Noise-Robust-Deep-Neural-Networks-via-Meta-Learning.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_evidence
+from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import meta_gradient
-from labelclean.methods.meta import MetaMethod, Shared
+from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
+from labelclean.methods.options import check
 
 
 def corrected_nll(logits: Tensor, transition: Tensor, labels: Tensor) -> Tensor:
@@ -40,6 +42,29 @@ def normalise_columns(t: Tensor) -> Tensor:
     t = t.clamp_min(0)
     sums = t.sum(0, keepdim=True)
     return torch.where(sums > 0, t / sums.clamp_min(1e-12), t)
+
+
+@dataclass(frozen=True)
+class MLCOptions(MetaOptions):
+    """``mode``: ``persistent`` (the paper's global T) or ``reset`` (the official code's per-step
+    T). ``meta_lr``: step on S (persistent). ``diag_init``: initial diagonal of T. ``inner_lr``:
+    virtual-step learning rate (default: the optimizer's). ``reset_meta_lr``: the code's 0.11."""
+
+    mode: Literal["persistent", "reset"] = "persistent"
+    meta_lr: float = 0.002
+    diag_init: float = 0.9
+    inner_lr: float | None = None
+    reset_meta_lr: float = 0.11
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(0 < self.diag_init < 1, f"diag_init: expected a value in (0, 1), found {self.diag_init}")
+        check(self.meta_lr > 0, f"meta_lr: expected > 0, found {self.meta_lr}")
+        check(self.inner_lr is None or self.inner_lr > 0, f"inner_lr: expected > 0, found {self.inner_lr}")
+
+
+#: EMA decay of the reported T in ``reset`` mode (the per-step T is noisy).
+RESET_T_EMA = 0.99
 
 
 @METHODS.register("mlc")
@@ -70,31 +95,27 @@ class MLC(MetaMethod):
     """
 
     name = "mlc"
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "mode": "persistent", "meta_lr": 0.002,
-                "diag_init": 0.9, "inner_lr": None, "reset_meta_lr": 0.11}
+    auto_member = True
+    Options = MLCOptions
+    options: MLCOptions
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        if self.options["mode"] not in ("persistent", "reset"):
-            raise ValueError("mlc mode must be 'persistent' or 'reset'")
         c = ctx.num_classes
-        d = float(self.options["diag_init"])
+        d = float(self.options.diag_init)
         off = (1 - d) / max(1, c - 1)
         self.S = torch.full((c, c), math.log(off), device=ctx.device)
         self.S.fill_diagonal_(math.log(d))
         self.T_ema = torch.eye(c, device=ctx.device)
 
     def transition(self) -> Tensor:
-        if self.options["mode"] == "persistent":
+        if self.options.mode == "persistent":
             return self.S.softmax(1)
         t = self.T_ema / self.T_ema.sum(1, keepdim=True).clamp_min(1e-12)
         return t
 
     def _loss(self, logits: Tensor, t: Tensor, y: Tensor, verified: Tensor) -> Tensor:
-        fn = corrected_nll if self.options["mode"] == "persistent" else logit_corrected_ce
+        fn = corrected_nll if self.options.mode == "persistent" else logit_corrected_ce
         noisy = ~verified
         loss = logits.new_zeros(())
         if noisy.any():
@@ -106,7 +127,7 @@ class MLC(MetaMethod):
     def step_loss(self, batch: Batch, h: Tensor, z: Tensor, shared: Shared) -> Tensor:
         x_ref, y_ref, h_ref = shared.x_ref, shared.y_ref, shared.h_ref
         theta, logits = self.virtual_inputs(h, z)
-        persistent = self.options["mode"] == "persistent"
+        persistent = self.options.mode == "persistent"
         leaf = (self.S if persistent else torch.eye(len(self.S), device=z.device)).clone().requires_grad_(True)
         t_of = (lambda: leaf.softmax(1)) if persistent else (lambda: leaf)
         (grad,), _, _ = meta_gradient(
@@ -117,26 +138,26 @@ class MLC(MetaMethod):
             if persistent:
                 rms = grad.pow(2).mean().sqrt()
                 if rms > 0:
-                    self.S -= float(self.options["meta_lr"]) * grad / rms
+                    self.S -= float(self.options.meta_lr) * grad / rms
                 t = self.S.softmax(1)
             else:
-                t = normalise_columns(leaf.detach() - float(self.options["reset_meta_lr"]) * grad)
-                self.T_ema.mul_(0.99).add_(0.01 * t)
+                t = normalise_columns(leaf.detach() - float(self.options.reset_meta_lr) * grad)
+                self.T_ema.mul_(RESET_T_EMA).add_((1 - RESET_T_EMA) * t)
         return self._loss(z, t.detach(), batch.y, batch.verified)
 
     def evidence(self) -> Evidence:
         ctx = self.context
         t = self.transition().cpu().double()
         probs = self.dynamics.mean()
-        if self.options["mode"] == "persistent":
+        if self.options.mode == "persistent":
             belief = posterior_given_noisy(probs, t, ctx.labels.cpu())
         else:
             # The per-step T of the official code is a one-step correction near I, not a
             # global noise model; with T = I the posterior is the model's own prediction.
             belief = probs
-        suspicion, suggested = belief_evidence(belief, ctx.labels)
-        summary = {**self.base_summary(), "mode": self.options["mode"]}
-        return Evidence(suspicion, suggested, belief.numpy(), {"mlc_suspicion": suspicion},
+        suspicion = belief_suspicion(belief, ctx.labels)
+        summary = {**self.base_summary(), "mode": self.options.mode}
+        return Evidence(suspicion, belief.numpy(), {"mlc_suspicion": suspicion},
                         transition=t.numpy(), summary=summary)
 
     def state_dict(self) -> dict[str, Any]:

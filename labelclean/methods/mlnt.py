@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -15,9 +16,10 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from labelclean.knn import FaissKnn
-from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_evidence
+from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import functional_forward
-from labelclean.methods.meta import MetaMethod, Shared
+from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
+from labelclean.methods.options import check
 from labelclean.models import Backbone
 
 
@@ -54,6 +56,40 @@ def head_fast_logits(weight: Tensor, bias: Tensor, h: Tensor, label_sets: Tensor
     return vmap(one, in_dims=(0, None, None))(label_sets, weight, bias)
 
 
+@dataclass(frozen=True)
+class MLNTOptions(MetaOptions):
+    """``iterations`` of mentor/teacher training after pre-training (``warmup``); ``M`` label
+    sets of ``rho`` synthetic flips to one of ``k`` neighbours; ``meta_lr`` of the fast step;
+    ``alpha`` consistency weight; ``tau`` mentor filter; ``mentor_mix`` of the target; EMA
+    decays ``ema`` then ``ema_late``."""
+
+    warmup: float = 0.3
+    iterations: int = 2
+    M: int = 10
+    rho: float = 0.5
+    k: int = 10
+    meta_lr: float = 0.2
+    alpha: float = 1.0
+    tau: float = 0.1
+    mentor_mix: float = 0.5
+    ema: float = 0.99
+    ema_late: float = 0.999
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.iterations >= 1 and self.M >= 1 and self.k >= 1,
+              "iterations, M and k: expected >= 1")
+        check(0 <= self.rho <= 1, f"rho: expected [0, 1], found {self.rho}")
+        check(0 <= self.mentor_mix <= 1, f"mentor_mix: expected [0, 1], found {self.mentor_mix}")
+        check(0 < self.ema < 1 and 0 < self.ema_late < 1, "ema, ema_late: expected (0, 1)")
+
+
+#: Rows per chunk when the mentor's head scores the cached features.
+_HEAD_CHUNK = 4096
+#: The ramp-up shape of the consistency weight, ``exp(-RAMP (1-u)^2)`` (the code's 5).
+RAMP = 5.0
+
+
 @METHODS.register("mlnt")
 class MLNT(MetaMethod):
     """Noise-tolerant training: the model is pushed to stay consistent with an EMA teacher
@@ -85,12 +121,10 @@ class MLNT(MetaMethod):
 
     name = "mlnt"
     needs_trusted = False
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "warmup": 0.3, "iterations": 2, "M": 10,
-                "rho": 0.5, "k": 10, "meta_lr": 0.2, "alpha": 1.0, "tau": 0.1,
-                "mentor_mix": 0.5, "ema": 0.99, "ema_late": 0.999}
+    auto_member = True
+    shared_needs = frozenset({"teacher_target"})
+    Options = MLNTOptions
+    options: MLNTOptions
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
@@ -105,7 +139,7 @@ class MLNT(MetaMethod):
         self.mentor_probs = torch.full((n, ctx.num_classes), 1.0 / ctx.num_classes)
         self.iteration = -1
         meta_epochs = max(1, ctx.epochs - self.warmup_epochs)
-        iterations = max(1, min(int(self.options["iterations"]), meta_epochs))
+        iterations = max(1, min(int(self.options.iterations), meta_epochs))
         self.iteration_length = math.ceil(meta_epochs / iterations)
         self.iteration_start_step = 0
 
@@ -129,11 +163,11 @@ class MLNT(MetaMethod):
             mentor = self._better(student, self.teacher)
         self.mentor.load_state_dict(mentor.state_dict())
         features = self._predict(self.mentor, lambda net, x: net.features(x))  # one pass for both
-        self.neighbours = torch.from_numpy(FaissKnn().fit(features.numpy()).kneighbors(int(self.options["k"])))
+        self.neighbours = torch.from_numpy(FaissKnn().fit(features.numpy()).kneighbors(int(self.options.k)))
         with torch.no_grad():
             head = self.mentor.head
-            self.mentor_probs = torch.cat([head(features[i:i + 4096].to(head.weight.device)).softmax(1).float().cpu()
-                                           for i in range(0, len(features), 4096)])
+            self.mentor_probs = torch.cat([head(features[i:i + _HEAD_CHUNK].to(head.weight.device)).softmax(1).float().cpu()
+                                           for i in range(0, len(features), _HEAD_CHUNK)])
         self.iteration = it
         self.iteration_start_step = ctx.step
 
@@ -157,6 +191,16 @@ class MLNT(MetaMethod):
             accs.append((p.argmax(1) == y).float().mean().item())
         return student if accs[0] > accs[1] else teacher
 
+    def ready(self) -> bool:
+        return not self.in_warmup and self.iteration >= 0
+
+    def view_teacher(self) -> torch.nn.Module | None:
+        return self.teacher if self.iteration >= 0 else None
+
+    def adopt_reference(self, rows: Tensor, source: str) -> None:
+        if source == "trusted":  # MLNT only uses verified rows (to pick its mentor)
+            super().adopt_reference(rows, source)
+
     def training_rows(self) -> Tensor | None:
         return None  # the trusted rows train too: MLNT's meta loss needs no held-out set
 
@@ -165,10 +209,10 @@ class MLNT(MetaMethod):
         ctx = self.context
         steps = self.iteration_length * ctx.steps_per_epoch
         u = (ctx.step - self.iteration_start_step) / max(1, steps // 2)
-        alpha = float(self.options["alpha"])
+        alpha = float(self.options.alpha)
         if u >= 1:
-            return alpha, float(self.options["ema_late"])
-        return alpha * math.exp(-5 * (1 - u) ** 2), float(self.options["ema"])
+            return alpha, float(self.options.ema_late)
+        return alpha * math.exp(-RAMP * (1 - u) ** 2), float(self.options.ema)
 
     def training_step(self, batch: Batch) -> Tensor:
         h, z = self.forward(batch)
@@ -181,7 +225,7 @@ class MLNT(MetaMethod):
         rows = batch.index.cpu()
         per_sample = F.cross_entropy(z, batch.y, reduction="none")
         if self.iteration > 0:
-            keep = self.mentor_probs[rows, batch.y.cpu()] > float(self.options["tau"])
+            keep = self.mentor_probs[rows, batch.y.cpu()] > float(self.options.tau)
             keep |= batch.verified.cpu()
             per_sample = per_sample * keep.to(per_sample.device, per_sample.dtype)
         loss_c = per_sample.mean()
@@ -191,11 +235,11 @@ class MLNT(MetaMethod):
                 p_teacher = self.teacher(batch.x).softmax(1)
         target = p_teacher
         if self.iteration > 0:
-            mix = float(self.options["mentor_mix"])
+            mix = float(self.options.mentor_mix)
             target = mix * self.mentor_probs[rows].to(z.device, z.dtype) + (1 - mix) * p_teacher
-        label_sets = synthetic_labels(ctx.labels.cpu(), rows, self.neighbours, int(self.options["M"]),
-                                      float(self.options["rho"]), ctx.generator).to(z.device)
-        lr = float(self.options["meta_lr"])
+        label_sets = synthetic_labels(ctx.labels.cpu(), rows, self.neighbours, int(self.options.M),
+                                      float(self.options.rho), ctx.generator).to(z.device)
+        lr = float(self.options.meta_lr)
         if self.scope == "head":
             head = ctx.model.head
             fast = head_fast_logits(head.weight, head.bias, h.detach(), label_sets, lr)
@@ -227,14 +271,14 @@ class MLNT(MetaMethod):
         teacher = self._predict(self.teacher, lambda net, x: net(x).softmax(1)).double()
         dynamics = self.dynamics.mean()
         belief = (teacher + self.mentor_probs.double() + dynamics) / 3.0
-        suspicion, suggested = belief_evidence(belief, labels)
+        suspicion = belief_suspicion(belief, labels)
         columns = {
             "mlnt_suspicion": suspicion,
             "mlnt_teacher_p_given": teacher.gather(1, labels.view(-1, 1)).squeeze(1).numpy(),
             "mlnt_mentor_p_given": self.mentor_probs.double().gather(1, labels.view(-1, 1)).squeeze(1).numpy(),
         }
         summary = {**self.base_summary(), "iterations_run": self.iteration + 1}
-        return Evidence(suspicion, suggested, belief.numpy(), columns, summary=summary)
+        return Evidence(suspicion, belief.numpy(), columns, summary=summary)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "teacher": self.teacher.state_dict(),

@@ -6,6 +6,7 @@ gorkemalgan/MSLG_noisy_label.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -13,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_evidence
+from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import (
-    head_sensitivity,
-    linear,
+    head_meta_sensitivity,
     meta_gradient,
     mslg_head_label_grad,
 )
-from labelclean.methods.meta import MetaMethod, Shared
+from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
+from labelclean.methods.options import check
 
 
 def kl_mean(logits: Tensor, soft: Tensor) -> Tensor:
@@ -33,6 +34,27 @@ def entropy_mean(logits: Tensor) -> Tensor:
     """``−(1/(BC)) Σ f log f``."""
     log_f = F.log_softmax(logits, 1)
     return -(log_f.exp() * log_f).mean()
+
+
+@dataclass(frozen=True)
+class MSLGOptions(MetaOptions):
+    """``K``: initial label-logit scale; ``alpha``: virtual-step size; ``beta``: label-logit
+    step at B=128, C=10 (rescaled); ``gamma``: entropy weight. Defaults: the code's CIFAR-10."""
+
+    K: float = 10.0
+    alpha: float = 0.5
+    beta: float = 4000.0
+    gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.K > 0 and self.alpha > 0 and self.beta >= 0 and self.gamma >= 0,
+              "K and alpha: expected > 0; beta and gamma: expected >= 0")
+
+
+#: The batch size and class count the code's beta was tuned at (CIFAR-10, B=128).
+BETA_REFERENCE_BC = 128 * 10
+BETA_REFERENCE_ALPHA = 0.5
 
 
 @METHODS.register("mslg")
@@ -64,31 +86,25 @@ class MSLG(MetaMethod):
     """
 
     name = "mslg"
-
-    @classmethod
-    def default_options(cls) -> dict[str, Any]:
-        return {**super().default_options(), "K": 10.0, "alpha": 0.5, "beta": 4000.0,
-                "gamma": 1.0}
+    auto_member = True
+    Options = MSLGOptions
+    options: MSLGOptions
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        k = float(self.options["K"])
+        k = float(self.options.K)
         self.table = k * F.one_hot(ctx.labels.cpu(), ctx.num_classes).double()
-        alpha = float(self.options["alpha"])
-        self.beta = float(self.options["beta"]) * (ctx.batch_size * ctx.num_classes) / (128 * 10) * (0.5 / alpha)
+        alpha = float(self.options.alpha)
+        self.beta = float(self.options.beta) * (ctx.batch_size * ctx.num_classes) / BETA_REFERENCE_BC * (BETA_REFERENCE_ALPHA / alpha)
 
     def label_grad(self, h: Tensor, z: Tensor, soft: Tensor, shared: Shared) -> Tensor:
         """``∂L_meta/∂yᵈ`` for the batch, ``(B, C)``."""
-        alpha = float(self.options["alpha"])
+        alpha = float(self.options.alpha)
         x_ref, y_ref, h_ref = shared.x_ref, shared.y_ref, shared.h_ref
         if self.scope == "head":
+            assert h_ref is not None
             theta, logits = self.virtual_inputs(h, z)
-            inner = torch.autograd.grad(kl_mean(logits(), soft), list(theta.values()))
-            fast = {k: (v - alpha * g).detach().requires_grad_(True)
-                    for (k, v), g in zip(theta.items(), inner)}
-            meta = F.cross_entropy(linear(fast, h_ref), y_ref)
-            grads = dict(zip(fast, torch.autograd.grad(meta, list(fast.values()))))
-            a = head_sensitivity(grads, h.detach())
+            a = head_meta_sensitivity(theta, kl_mean(logits(), soft), alpha, h.detach(), h_ref, y_ref)
             return mslg_head_label_grad(z.detach().softmax(1), a, alpha)
         theta, logits = self.virtual_inputs(h, z)
         yd = torch.log(soft.clamp_min(1e-30)).detach().requires_grad_(True)
@@ -106,7 +122,7 @@ class MSLG(MetaMethod):
         new = (yd - self.beta * grad).detach()
         self.table[rows] = new.double().cpu()
         soft = new.softmax(1)
-        gamma = float(self.options["gamma"])
+        gamma = float(self.options.gamma)
         return kl_mean(z, soft) + gamma * entropy_mean(z)
 
     def soft_labels(self) -> Tensor:
@@ -116,9 +132,9 @@ class MSLG(MetaMethod):
         soft = self.soft_labels()
         labels = self.context.labels.cpu()
         belief = 0.5 * (soft + self.dynamics.mean())
-        suspicion, suggested = belief_evidence(belief, labels)
-        off_given, _ = belief_evidence(soft, labels)
-        return Evidence(suspicion, suggested, belief.numpy(),
+        suspicion = belief_suspicion(belief, labels)
+        off_given = belief_suspicion(soft, labels)
+        return Evidence(suspicion, belief.numpy(),
                         {"mslg_suspicion": suspicion, "mslg_soft_off_given": off_given},
                         summary=self.base_summary(),
                         arrays={"mslg_soft_labels": soft.numpy().astype(np.float32)})

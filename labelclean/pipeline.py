@@ -1,4 +1,9 @@
-"""``audit``: from a dataset and a trusted set to ranked suspects and a corrected manifest."""
+"""The audit pipeline (``labelclean.audit``): from a dataset and a trusted set to a run folder.
+
+Orchestration only: reading and validating (:mod:`labelclean.data`), training
+(:mod:`labelclean.train`), deciding (:mod:`labelclean.scoring`) and writing
+(:mod:`labelclean.run.writer`) each live in their own module.
+"""
 
 from __future__ import annotations
 
@@ -15,24 +20,24 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from labelclean import __version__
 from labelclean.config import RunConfig
-from labelclean.data.dataset import Samples, label_text, load_samples, raise_problems
+from labelclean.data.dataset import Samples, load_samples, raise_problems
 from labelclean.data.images import decode_images
 from labelclean.errors import ConfigError, DataError
 from labelclean.io import write_json, write_table
-from labelclean.methods import METHODS
-from labelclean.outputs import (
-    ACTION, GIVEN, IS_SUSPECT, P_WRONG, PATH, RANK, SAMPLE_ID, SUGGESTED, SUSPICION, VERIFIED,
-    added_names, ranks, rewrite_paths,
-)
+from labelclean.methods import METHODS, Method
 from labelclean.progress import Reporter
-from labelclean.scoring import ALTERNATIVE_SHARE, alternative, decide, transition_from_labels
+from labelclean.run import schema as S
+from labelclean.run.writer import (
+    clear_run, run_files, scores_frame, write_arrays, write_corrected, write_scores,
+    write_transition,
+)
+from labelclean.scoring import Evidence, score, transition_from_labels
 from labelclean.train import train
+from labelclean.version import __version__
 
 #: Up to this fraction of unreadable images is skipped with a warning (``--strict``: none).
 MAX_SKIP_FRACTION = 0.05
-OUTPUT_FILES = ("scores.csv", "scores.parquet", "summary.json", "config.json")
 
 
 @dataclass
@@ -96,17 +101,26 @@ def _prepare_run_dir(config: RunConfig, samples: Samples) -> Path:
     run_dir = Path(config.out) if config.out else default_run_dir(Path(config.dataset))
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"--out {run_dir}: expected a folder, found a file")
-    if (run_dir / "config.json").exists() and not (config.resume or config.overwrite):
-        raise ConfigError(
-            f"--out {run_dir}: holds an earlier run; pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --out"
-        )
     inputs = {Path(samples.input.source).resolve()}
     if samples.trusted_path:
         inputs.add(samples.trusted_path.resolve())
-    for name in (*OUTPUT_FILES, "corrected.csv", "corrected.parquet", "skipped.csv"):
-        if (run_dir / name).resolve() in inputs:
-            raise ConfigError(f"--out {run_dir}: would overwrite input file {name}; choose another --out")
+    if samples.input.kind == "folder":
+        root = Path(samples.input.source).resolve()
+        if run_dir.resolve() == root or root in run_dir.resolve().parents:
+            raise ConfigError(f"--out {run_dir}: is inside the image folder {samples.input.source}, "
+                              "where the next audit would read it as a class; choose a folder outside")
+    earlier = run_files(run_dir) if run_dir.is_dir() else []
+    if earlier and not (config.resume or config.overwrite):
+        raise ConfigError(
+            f"--out {run_dir}: holds an earlier run ({earlier[0].name}); pass --resume to continue "
+            "it, --overwrite to replace it, or choose another --out"
+        )
+    clash = [p for p in earlier if p.resolve() in inputs]
+    if clash:
+        raise ConfigError(f"--out {run_dir}: would overwrite input file {clash[0].name}; "
+                          "choose another --out")
+    if config.overwrite and not config.resume:
+        clear_run(run_dir, inputs)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
@@ -139,7 +153,7 @@ def _handle_failures(
     keep[list(failures)] = False
     table = samples.table.iloc[list(failures)]
     skipped = pd.DataFrame({
-        SAMPLE_ID: table["sample_id"], PATH: table["path"], "row": table["row"] + 1,
+        S.SAMPLE_ID: table["sample_id"], S.PATH: table["path"], "row": table["row"] + 1,
         "reason": list(failures.values()),
     })
     write_table(run_dir / "skipped.csv", skipped)
@@ -170,18 +184,27 @@ def versions() -> dict[str, str]:
     }
 
 
+def build_method(config: RunConfig) -> Method:
+    """The method named in ``config`` with its typed options (bad options: exit 2, before work)."""
+    from labelclean.models import BACKBONES
+
+    BACKBONES.get(config.backbone)
+    return METHODS.get(config.method).build(config.method_options)
+
+
 def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
     """Run an audit end to end and write its outputs into the run folder.
 
-    Validates the inputs before any training, trains ``config.method``, scores every sample,
-    and writes ``scores.csv``/``.parquet``, ``corrected.csv``/``.parquet``,
-    ``transition_matrix.csv``, ``summary.json``, ``config.json`` (and ``skipped.csv``).
+    Validates the inputs before any training, trains ``config.method``, scores every sample
+    (:mod:`labelclean.scoring`), and writes the run folder (:mod:`labelclean.run.writer`):
+    ``scores.csv``/``.parquet``, ``corrected.csv``/``.parquet``, ``transition_matrix.csv``,
+    ``summary.json``, ``config.json`` (and ``skipped.csv``, ``report.html``). A run that fails
+    leaves no ``config.json`` behind, so the same ``--out`` can be used again.
     """
     reporter = reporter or Reporter()
     started = time.perf_counter()
     config.validate()
-    method_cls = METHODS.get(config.method)
-    method = method_cls(**config.method_options)
+    method = build_method(config)
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
 
@@ -189,8 +212,22 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
         Path(config.dataset), Path(config.trusted) if config.trusted else None,
         config.path_column, config.label_column, config.id_column,
     )
+    for note in samples.notes:
+        reporter.notice(note)
     run_dir = _prepare_run_dir(config, samples)
     config = resolve_config(config, samples)
+    finished = False
+    try:
+        result = _run(config, samples, method, run_dir, reporter, started)
+        finished = True
+        return result
+    finally:
+        if not finished and not config.resume:
+            (run_dir / "config.json").unlink(missing_ok=True)
+
+
+def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, reporter: Reporter,
+         started: float) -> AuditResult:
     write_json(run_dir / "config.json", config.to_dict())
     assert config.image_size is not None
 
@@ -204,7 +241,7 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
     _check_classes(samples)
     decode_seconds = time.perf_counter() - t0
 
-    notes: list[str] = []
+    notes: list[str] = list(samples.notes)
     verified = samples.verified
     if not verified.any():
         note = (
@@ -212,7 +249,7 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
             "methods that need verified labels (mlc, mslg, ieg) will select their own "
             "reference samples, which are not verified"
         )
-        if method_cls.needs_trusted:
+        if method.needs_trusted:
             note += f"; method {config.method!r} uses such picks instead of a trusted set"
         reporter.notice(note)
         notes.append(note)
@@ -224,28 +261,30 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
     evidence = result.evidence
     notes.extend(evidence.summary.get("notes", []))
 
-    scores, transition, summary_extra = _score(samples, evidence, config)
-    write_table(run_dir / "scores.csv", scores)
-    write_table(run_dir / "scores.parquet", scores)
-    write_table(run_dir / "transition_matrix.csv", transition.reset_index())
-    corrected_name = _write_corrected(samples, scores, run_dir)
-    for name, values in evidence.arrays.items():
-        table = pd.DataFrame(values, columns=samples.classes)
-        table.insert(0, SAMPLE_ID, samples.table["sample_id"].to_numpy())
-        write_table(run_dir / f"{name}.parquet", table)
+    given = samples.table["label_index"].to_numpy()
+    scored = score(evidence, given, verified, samples.targets, config.threshold)
+    scores = scores_frame(samples, scored, evidence.columns)
+    transition, transition_source = _transition(evidence, samples, scored)
+    outputs = [*write_scores(run_dir, scores), write_transition(run_dir, transition)]
+    corrected_name, corrected_columns = write_corrected(samples, scores, run_dir)
+    outputs += [corrected_name, *write_arrays(run_dir, samples, evidence.arrays)]
 
     summary = {
         "labelclean_version": __version__,
+        "scores_schema_version": S.SCORES_SCHEMA_VERSION,
         "method": config.method,
         "dataset": config.dataset,
         "input_kind": samples.input.kind,
+        "corrected": corrected_name,
+        "corrected_columns": corrected_columns,
         "rows": int((all_samples.table["source"] == "dataset").sum()),
         "samples_scored": int((~verified).sum()),
         "verified": int(verified.sum()),
         "trusted_added": int((samples.table["source"] == "trusted").sum()),
         "skipped": len(failures),
         "classes": samples.classes,
-        **summary_extra,
+        **scored.summary(given, samples.targets, verified, samples.classes),
+        "transition_source": transition_source,
         "epochs": config.epochs,
         "image_size": config.image_size,
         "batch_size": config.batch_size,
@@ -259,117 +298,28 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
         "method_summary": {k: v for k, v in evidence.summary.items() if k != "notes"},
         "notes": notes,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "outputs": sorted([*OUTPUT_FILES, "transition_matrix.csv", corrected_name]
-                          + [f"{name}.parquet" for name in evidence.arrays]
-                          + (["skipped.csv"] if failures else [])),
+        "outputs": sorted(["config.json", "summary.json", *outputs]
+                          + (["skipped.csv"] if failures else [])
+                          + (["report.html"] if config.report else [])),
         "versions": versions(),
         "config": config.to_dict(),
     }
     write_json(run_dir / "summary.json", summary)
     if config.report:
-        from labelclean.html_report import build_report
+        from labelclean.review.html import build_report
 
         build_report(run_dir)
-        summary["outputs"] = sorted([*summary["outputs"], "report.html"])
-        write_json(run_dir / "summary.json", summary)
     return AuditResult(run_dir, scores, summary, config, transition, reporter.notices)
 
 
-def _score(
-    samples: Samples, evidence: Any, config: RunConfig
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    table = samples.table
-    classes = np.array(samples.classes, dtype=object)
-    given = table["label_index"].to_numpy()
-    verified = samples.verified
-    suspicion = np.asarray(evidence.suspicion, dtype=np.float64).copy()
-    suggested = np.asarray(evidence.suggested, dtype=np.int64).copy()
-    free = ~verified
-    alt, share = alternative(np.asarray(evidence.belief), given)
-    p_wrong = None if evidence.p_wrong is None else np.asarray(evidence.p_wrong)[free]
-    strong = None if evidence.strong is None else np.asarray(evidence.strong)[free]
-    decision = decide(suspicion[free], share[free] >= ALTERNATIVE_SHARE, config.threshold, p_wrong,
-                      strong)
-
-    posterior = np.zeros(len(table))
-    posterior[free] = decision.posterior
-    is_suspect = np.zeros(len(table), dtype=bool)
-    is_suspect[free] = decision.is_suspect
-    relabel = np.zeros(len(table), dtype=bool)
-    relabel[free] = decision.relabel
-    # A flagged sample's label is judged wrong: suggest the best other class.
-    suggested = np.where(is_suspect, alt, suggested)
-    # A verified sample is never a suspect: its label is known.
-    suspicion[verified] = 0.0
-    suggested[verified] = samples.targets[verified]
-    action = np.where(relabel, "relabel", np.where(is_suspect, "review", "keep")).astype(object)
-    action[verified] = "verified"
-
-    scores = pd.DataFrame({
-        SAMPLE_ID: table["sample_id"].to_numpy(),
-        PATH: table["path"].to_numpy(),
-        GIVEN: table["label"].to_numpy(),
-        SUGGESTED: classes[suggested],
-        SUSPICION: suspicion.round(6),
-        IS_SUSPECT: is_suspect,
-        RANK: ranks(suspicion, free),
-        ACTION: action,
-        VERIFIED: verified,
-        P_WRONG: posterior.round(6),
-    })
-    for name, values in evidence.columns.items():
-        col = np.asarray(values).copy()
-        if col.dtype.kind == "f":
-            col = col.round(6)
-        scores[name] = col
-
-    final = np.where(is_suspect | verified, suggested, given)
+def _transition(evidence: Evidence, samples: Samples, scored: Any) -> tuple[pd.DataFrame, str]:
+    """The method's learned T, else the one implied by the decisions (true = final label)."""
+    given = samples.table["label_index"].to_numpy()
     if evidence.transition is not None:
-        t = np.asarray(evidence.transition)
-        source = "method"
+        t, source = np.asarray(evidence.transition), "method"
     else:
-        t = transition_from_labels(final[free | verified], given[free | verified], len(classes))
-        source = "suggestions"
-    transition = pd.DataFrame(t, index=pd.Index(samples.classes, name="true\\given"),
-                              columns=samples.classes)
-    per_class = {}
-    for k, name in enumerate(samples.classes):
-        mask = free & (given == k)
-        per_class[name] = round(float(posterior[mask].mean()), 4) if mask.any() else 0.0
-    extra = {
-        "flagged": int(is_suspect.sum()),
-        "relabel": int(relabel.sum()),
-        "review": int((is_suspect & ~relabel).sum()),
-        "verified_corrections": int((verified & (samples.targets != given)).sum()),
-        "threshold": round(decision.threshold, 6),
-        "relabel_threshold": round(decision.relabel_threshold, 6),
-        "threshold_method": decision.threshold_method,
-        "estimated_noise_rate": round(float(posterior[free].mean()), 4) if free.any() else 0.0,
-        "estimated_noise_rate_per_class": per_class,
-        "transition_source": source,
-    }
-    return scores, transition, extra
-
-
-def _write_corrected(samples: Samples, scores: pd.DataFrame, run_dir: Path) -> str:
-    """Every input row and column, plus suggestion, suspicion, flag and action.
-
-    ``samples`` are the scored samples; input rows missing from them (unreadable images) are
-    kept with action ``skipped``.
-    """
-    inp = samples.input
-    frame = inp.frame.copy()
-    frame[inp.path_column] = rewrite_paths(frame[inp.path_column].astype(object), inp.base_dir, run_dir)
-    names = added_names(list(frame.columns))
-    dataset = (samples.table["source"] == "dataset").to_numpy()
-    pick = scores[dataset].set_index(samples.table.loc[dataset, "row"].to_numpy()).reindex(
-        np.arange(len(frame)))
-    known = pick[SAMPLE_ID].notna().to_numpy()
-    given = frame[inp.label_column].map(label_text).to_numpy()
-    frame[names[SUGGESTED]] = np.where(known, pick[SUGGESTED].to_numpy(), given)
-    frame[names[SUSPICION]] = pick[SUSPICION].to_numpy()
-    frame[names[IS_SUSPECT]] = np.where(known, pick[IS_SUSPECT].to_numpy(), False).astype(bool)
-    frame[names[ACTION]] = np.where(known, pick[ACTION].to_numpy(), "skipped")
-    name = "corrected.parquet" if inp.kind == "parquet" else "corrected.csv"
-    write_table(run_dir / name, frame)
-    return name
+        final = np.where(scored.is_suspect | samples.verified, scored.suggested, given)
+        t, source = transition_from_labels(final, given, len(samples.classes)), "suggestions"
+    frame = pd.DataFrame(t, index=pd.Index(samples.classes, name=S.TRANSITION_INDEX),
+                         columns=samples.classes)
+    return frame, source

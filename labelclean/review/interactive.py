@@ -10,10 +10,13 @@ import pandas as pd
 from rich.console import Console
 from rich.text import Text
 
+from rich.markup import escape
+
 from labelclean.data.images import load_image
-from labelclean.decisions import append_decision, load_decisions, now, reviewer
 from labelclean.errors import ConfigError
-from labelclean.runs import Run
+from labelclean.export.decisions import append_decision, load_decisions, now, reviewer
+from labelclean.run import schema as S
+from labelclean.run.folder import Run
 
 HELP = "[a]ccept suggestion  [k]eep given  [t]ype label  [s]kip  [b]ack  [q]uit"
 
@@ -38,21 +41,16 @@ class ReviewSession:
 
     def __init__(self, run_dir: Path, class_name: str | None = None) -> None:
         self.run = Run.open(Path(run_dir))
-        scores = self.run.scores()
-        self.classes: list[str] = [str(c) for c in self.run.summary.get("classes", [])]
-        rows = scores[scores["is_suspect"].astype(bool) & ~scores["verified"].astype(bool)]
-        if class_name is not None:
-            rows = rows[rows["given_label"].astype(str) == class_name]
-        done = set(load_decisions(self.run.path)["sample_id"].astype(str))
-        rows = rows[~rows["sample_id"].astype(str).isin(done)]
-        self.items = rows.sort_values("suspicion", ascending=False, kind="stable").reset_index(drop=True)
+        self.classes: list[str] = self.run.classes
+        done = set(load_decisions(self.run.path)[S.SAMPLE_ID].astype(str))
+        self.items = self.run.suspects(class_name=class_name, exclude=done)
 
     def image_path(self, row: pd.Series) -> str:
-        return self.run.image_path(str(row["path"]), str(row["sample_id"]))
+        return str(row[S.IMAGE_PATH])
 
     def decide(self, row: pd.Series, decision: str, label: str) -> None:
         append_decision(self.run.path, {
-            "sample_id": str(row["sample_id"]), "given_label": str(row["given_label"]),
+            S.SAMPLE_ID: row[S.SAMPLE_ID], S.GIVEN: row[S.GIVEN],
             "decision": decision, "label": label, "reviewer": reviewer(), "decided_at": now(),
         })
 
@@ -67,13 +65,15 @@ class ReviewSession:
         while 0 <= i < total:
             row = self.items.iloc[i]
             console.rule(f"{i + 1} of {total}")
-            console.print(f"[bold]{row['sample_id']}[/bold]  {self.image_path(row)}", highlight=False)
-            console.print(f"given [cyan]{row['given_label']}[/cyan] -> suggested "
-                          f"[green]{row['suggested_label']}[/green]  suspicion {row['suspicion']:.3f}  "
-                          f"action {row['action']}", highlight=False)
-            evidence = {c: row[c] for c in row.index if c.endswith("_suspicion") or c == "doubted_by"}
+            console.print(f"[bold]{escape(row[S.SAMPLE_ID])}[/bold]  {escape(self.image_path(row))}",
+                          highlight=False)
+            console.print(f"given [cyan]{escape(row[S.GIVEN])}[/cyan] -> suggested "
+                          f"[green]{escape(row[S.SUGGESTED])}[/green]  p_wrong {row[S.P_WRONG]:.3f}  "
+                          f"action {row[S.ACTION]}", highlight=False)
+            evidence = {c: row[c] for c in row.index
+                        if c.endswith(S.EVIDENCE_SUFFIX) or c == S.DOUBTED_BY}
             if evidence:
-                console.print("  ".join(f"{k}={v:.3f}" if isinstance(v, (float, np.floating)) else f"{k}={v}"
+                console.print("  ".join(f"{k}={v:.3f}" if isinstance(v, (float, np.floating)) else f"{k}={escape(str(v))}"
                                         for k, v in evidence.items()), highlight=False)
             if show_preview and (pic := preview(self.image_path(row))) is not None:
                 console.print(pic, end="")
@@ -84,15 +84,16 @@ class ReviewSession:
                 i = max(0, i - 1)
                 continue
             if key == "a":
-                self.decide(row, "accept", str(row["suggested_label"]))
+                self.decide(row, "accept", row[S.SUGGESTED])
             elif key == "k":
-                self.decide(row, "keep", str(row["given_label"]))
+                self.decide(row, "keep", row[S.GIVEN])
             elif key == "s":
                 self.decide(row, "skip", "")
             elif key == "t":
                 label = ask("label > ").strip()
                 if label not in self.classes:
-                    console.print(f"[red]{label!r} is not a class[/red]; classes: {', '.join(self.classes)}",
+                    console.print(f"[red]{escape(repr(label))} is not a class[/red]; classes: "
+                                  f"{escape(', '.join(self.classes))}",
                                   highlight=False)
                     continue
                 self.decide(row, "relabel", label)

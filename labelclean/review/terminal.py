@@ -1,71 +1,56 @@
-"""Terminal rendering of audit results and suspect lists (Rich)."""
+"""Terminal rendering of audit results and suspect lists (Rich).
+
+Every user string (ids, labels, paths) is printed as plain text, never parsed as Rich markup.
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from labelclean.audit import AuditResult
-from labelclean.errors import ConfigError
-from labelclean.outputs import GIVEN, IS_SUSPECT, RANK, SUGGESTED, SUSPICION, VERIFIED
+from labelclean.run import schema as S
+from labelclean.run.folder import Run
 
-SORTS = ("suspicion", "rank", "given_label", "suggested_label")
-
-
-def select_suspects(
-    scores: pd.DataFrame,
-    top: int = 20,
-    class_name: str | None = None,
-    min_suspicion: float = 0.0,
-    include_all: bool = False,
-    sort: str = "suspicion",
-    classes: list[str] | None = None,
-) -> pd.DataFrame:
-    """Filter and sort a scores table: flagged rows (or all unverified with ``include_all``)."""
-    if sort not in SORTS:
-        raise ConfigError(f"--sort: expected one of {', '.join(SORTS)}, found {sort!r}")
-    rows = scores[~scores[VERIFIED].astype(bool)]
-    if not include_all:
-        rows = rows[rows[IS_SUSPECT].astype(bool)]
-    if class_name is not None:
-        if classes and class_name not in classes:
-            raise ConfigError(f"--class: {class_name!r} is not a class; classes: {', '.join(classes)}")
-        rows = rows[rows[GIVEN].astype(str) == class_name]
-    rows = rows[rows[SUSPICION] >= min_suspicion]
-    ascending = sort in ("rank", "given_label", "suggested_label")
-    rows = rows.sort_values([sort, RANK] if sort != RANK else [RANK], ascending=ascending, kind="stable")
-    if top > 0:
-        rows = rows.head(top)
-    return rows.reset_index(drop=True)
-
+if TYPE_CHECKING:
+    from labelclean.pipeline import AuditResult
 
 def print_suspects(console: Console, rows: pd.DataFrame, title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for name, justify in (("rank", "right"), ("sample_id", "left"), ("given", "left"),
-                          ("suggested", "left"), ("suspicion", "right"), ("action", "left")):
-        table.add_column(name, justify=justify, overflow="fold")
-    combined = "agreement" in rows.columns
-    evidence = [] if combined else [c for c in rows.columns
-                                    if c.endswith("_suspicion") and c != SUSPICION]
+    """A table of suspects in the order given (rank order from :meth:`Run.suspects`)."""
+    table = Table(title=escape(title), title_justify="left")
+    width = int(rows[S.SAMPLE_ID].str.len().max()) if len(rows) else 9
+    table.add_column("rank", justify="right", no_wrap=True)
+    table.add_column("sample_id", no_wrap=True, min_width=min(width, 60), overflow="fold")
+    for name in ("given", "suggested"):
+        table.add_column(name, overflow="fold")
+    table.add_column("p_wrong", justify="right", no_wrap=True)
+    table.add_column("suspicion", justify="right", no_wrap=True)
+    table.add_column("action", no_wrap=True)
+    combined = S.DOUBTED_BY in rows.columns
+    evidence = [] if combined else S.evidence_columns(rows)
     for c in evidence:
-        table.add_column(c.removesuffix("_suspicion"), justify="right")
+        table.add_column(c.removesuffix(S.EVIDENCE_SUFFIX), justify="right")
     if combined:
         table.add_column("doubted by", overflow="fold")
     for _, r in rows.iterrows():
-        extra = [f"{r[c]:.3f}" for c in evidence]
+        extra = [f"{r[c]:.4f}" for c in evidence]
         if combined:
-            extra.append(str(r["doubted_by"]) or "-")
+            extra.append(escape(str(r[S.DOUBTED_BY]) or "-"))
         table.add_row(
-            "" if pd.isna(r[RANK]) else str(int(r[RANK])), str(r["sample_id"]), str(r[GIVEN]),
-            str(r[SUGGESTED]), f"{r[SUSPICION]:.3f}", str(r["action"]), *extra,
+            "" if pd.isna(r[S.RANK]) else str(int(r[S.RANK])), escape(r[S.SAMPLE_ID]),
+            escape(r[S.GIVEN]), escape(r[S.SUGGESTED]), f"{r[S.P_WRONG]:.4f}",
+            f"{r[S.SUSPICION]:.6f}", r[S.ACTION], *extra,
         )
     console.print(table)
 
 
 def print_audit_summary(console: Console, result: AuditResult, top: int) -> None:
     s = result.summary
-    console.print(f"[bold]labelclean audit[/bold] ({s['method']}) -> {result.run_dir}", highlight=False)
+    console.print(f"[bold]labelclean audit[/bold] ({s['method']}) -> {escape(str(result.run_dir))}",
+                  highlight=False)
     console.print(
         f"{s['samples_scored']} samples scored, {s['verified']} verified, {s['skipped']} skipped; "
         f"[bold]{s['flagged']} flagged[/bold] ({s['relabel']} to relabel, {s['review']} to review) "
@@ -78,9 +63,9 @@ def print_audit_summary(console: Console, result: AuditResult, top: int) -> None
     pairs = confused_pairs(result.transition, 5)
     if pairs:
         console.print("most confused (true -> given): " + ", ".join(
-            f"{a} -> {b} {p:.1%}" for a, b, p in pairs), highlight=False)
+            f"{escape(a)} -> {escape(b)} {p:.1%}" for a, b, p in pairs), highlight=False)
     if top > 0:
-        rows = select_suspects(result.scores, top=top)
+        rows = Run.open(result.run_dir).suspects(result.scores, top=top)
         if len(rows):
             print_suspects(console, rows, title=f"top {len(rows)} suspects")
     t = s["timings"]
@@ -99,7 +84,7 @@ def confused_pairs(transition: pd.DataFrame, k: int) -> list[tuple[str, str, flo
 
 
 def print_evaluation(console: Console, result: dict) -> None:
-    table = Table(title=f"evaluation of {result['run']} ({result['samples']} samples, "
+    table = Table(title=f"evaluation of {escape(str(result['run']))} ({result['samples']} samples, "
                         f"{result['errors']} wrong labels)", title_justify="left")
     for name in ("", "auroc", "ap", "precision", "recall", "f1", "p@k", "flagged", "acc before",
                  "acc after"):
@@ -113,7 +98,7 @@ def print_evaluation(console: Console, result: dict) -> None:
 
     row("all", result)
     for name, m in result["per_class"].items():
-        row(name, m)
+        row(escape(name), m)
     console.print(table)
     console.print(f"suggested label correct on {result['suggestion_accuracy_on_errors']:.1%} of the "
                   f"wrong labels; {result['relabelled']} labels relabelled", highlight=False)

@@ -38,7 +38,7 @@ from labelclean.data.images import decode_images
 from labelclean.errors import ConfigError, DataError
 from labelclean.io import write_json, write_table
 from labelclean.knn import FaissKnn
-from labelclean.outputs import rewrite_paths
+from labelclean.run.writer import rewrite_paths
 from labelclean.scoring import transition_from_labels
 
 NOISE_TYPES = ("uniform", "flip-random", "flip-to-one", "pair", "asymmetric", "instance", "neighbor")

@@ -1,0 +1,1 @@
+"""Looking at a run: the terminal table, the HTML report and the interactive review."""

@@ -1,0 +1,155 @@
+"""``report.html``: one self-contained page to look at an audit's suspects.
+
+Everything is embedded (thumbnails as data URIs, data as JSON, plain JavaScript); the page
+opens from a file path with no network access. Only the flagged samples with the highest
+suspicion get thumbnails (``max_cards``), so a run of 100,000 samples gives a page of a few
+megabytes; the grid renders one page of cards at a time. The page is the package template
+``templates/report.html.j2``, rendered by Jinja2 with autoescape, so every label, id and path
+is text; the JSON data block is made safe for a ``<script>`` element by :func:`_safe_json`, and
+the page's script only ever sets ``textContent`` with data values. The grid's state lives in
+the URL hash (``#class=cat&pair=cat->dog&sort=rank&page=2``), so a view can be shared.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from labelclean.data.images import load_image
+from labelclean.io import read_table, write_text
+from labelclean.run import schema as S
+from labelclean.run.folder import Run
+
+THUMB = 64
+#: Opacity range of off-diagonal heatmap cells: the smallest off-diagonal value gets the low
+#: end and the largest the high end, so differences between confusions stay visible.
+HEAT_ALPHA = (0.05, 0.9)
+DIAGONAL_ALPHA = 0.15
+
+
+def _thumbnail(path: str) -> str | None:
+    try:
+        arr = load_image(path, THUMB)
+    except (OSError, ValueError, SyntaxError):
+        return None
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _safe_json(obj: Any) -> str:
+    """JSON that cannot close its ``<script>`` block or start markup."""
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def heat_alpha(values: np.ndarray) -> np.ndarray:
+    """Opacity of each cell: off-diagonal cells spread over :data:`HEAT_ALPHA` between the
+    smallest and largest off-diagonal value; diagonal cells a fixed light tint."""
+    values = np.asarray(values, dtype=float)
+    off = ~np.eye(len(values), dtype=bool)
+    lo, hi = (values[off].min(), values[off].max()) if off.any() else (0.0, 0.0)
+    span = hi - lo
+    scaled = (values - lo) / span if span > 0 else np.zeros_like(values)
+    alpha = HEAT_ALPHA[0] + (HEAT_ALPHA[1] - HEAT_ALPHA[0]) * scaled
+    return np.where(off, alpha, DIAGONAL_ALPHA)
+
+
+def _heat(transition: pd.DataFrame) -> dict[str, Any]:
+    classes = [str(c) for c in transition.columns]
+    values = transition.to_numpy(dtype=float)
+    alpha = heat_alpha(values)
+    rows = []
+    for i, name in enumerate(classes):
+        cells = []
+        for j, other in enumerate(classes):
+            hue = "46,125,50" if i == j else "198,40,40"
+            cells.append({"value": values[i, j], "colour": f"rgba({hue},{alpha[i, j]:.3f})",
+                          "title": f"{name} -> {other}: {values[i, j]:.4f}"})
+        rows.append({"name": name, "cells": cells})
+    return {"classes": classes, "rows": rows}
+
+
+def _environment() -> Any:
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=PackageLoader("labelclean.review", "templates"),
+                       autoescape=select_autoescape(["html", "j2"], default=True),
+                       undefined=StrictUndefined, keep_trailing_newline=True)
+
+
+def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
+                 examples: int = 4) -> Path:
+    """Write ``report.html`` for the run in ``run_dir`` (or ``out``); return its path."""
+    run = Run.open(Path(run_dir))
+    scores = run.scores()
+    summary = run.summary
+    t_path = run.path / "transition_matrix.csv"
+    transition = read_table(t_path).set_index(S.TRANSITION_INDEX) if t_path.is_file() else None
+    free = scores[~scores[S.VERIFIED]]
+    flagged = run.suspects(scores)
+    shown = flagged.head(max(0, max_cards))
+    thumbs: dict[str, str | None] = {}
+
+    def thumb_key(row: pd.Series) -> str:
+        key = str(row[S.SAMPLE_ID])
+        if key not in thumbs:
+            thumbs[key] = _thumbnail(row[S.IMAGE_PATH])
+        return key
+
+    def image(row: pd.Series) -> dict[str, Any]:
+        return {"uri": thumbs.get(thumb_key(row)), "label": f"{row[S.SAMPLE_ID]} ({row[S.GIVEN]})"}
+
+    doubted = S.DOUBTED_BY in scores.columns
+    cards = []
+    for _, r in shown.iterrows():
+        cards.append({
+            "id": r[S.SAMPLE_ID], "path": r[S.PATH], "given": r[S.GIVEN],
+            "suggested": r[S.SUGGESTED], "suspicion": round(float(r[S.SUSPICION]), 4),
+            "p_wrong": round(float(r[S.P_WRONG]), 4),
+            "rank": None if pd.isna(r[S.RANK]) else int(r[S.RANK]), "action": r[S.ACTION],
+            "agree": str(r[S.DOUBTED_BY]) if doubted else "", "thumb": thumb_key(r),
+        })
+
+    rates = summary.get("estimated_noise_rate_per_class", {})
+    sections = []
+    for name in run.classes:
+        mine = free[free[S.GIVEN] == name]
+        theirs = flagged[flagged[S.GIVEN] == name]
+        pairs = []
+        for other, count in theirs[S.SUGGESTED].value_counts().head(3).items():
+            side_a = theirs[theirs[S.SUGGESTED] == other].head(examples)
+            side_b = free[(free[S.GIVEN] == other) & ~free[S.IS_SUSPECT]].sort_values(
+                S.SUSPICION, kind="stable").head(examples)
+            pairs.append({"other": other, "count": int(count),
+                          "side_a": [image(r) for _, r in side_a.iterrows()],
+                          "side_b": [image(r) for _, r in side_b.iterrows()]})
+        sections.append({"name": name, "count": len(mine), "flagged": len(theirs),
+                         "rate": float(rates.get(name, 0.0)), "pairs": pairs})
+
+    data = {"cards": cards, "thumbs": {k: v for k, v in thumbs.items() if v}, "classes": run.classes,
+            "flagged": int(len(flagged)), "shown": len(cards)}
+    summary_rows = [
+        ("method", summary.get("method")), ("samples scored", summary.get("samples_scored")),
+        ("verified (trusted)", summary.get("verified")), ("skipped", summary.get("skipped")),
+        ("flagged", summary.get("flagged")), ("to relabel", summary.get("relabel")),
+        ("to review", summary.get("review")),
+        ("estimated noise rate", f"{summary.get('estimated_noise_rate', 0):.1%}"),
+        ("flag threshold", f"{summary.get('threshold', 0):.3f} ({summary.get('threshold_method', '')})"),
+    ]
+    page = _environment().get_template("report.html.j2").render(
+        title=f"labelclean report: {run.path.name}", summary=summary_rows,
+        per_class=[(str(k), float(v)) for k, v in rates.items()],
+        heat=_heat(transition) if transition is not None else None, sections=sections,
+        data=_safe_json(data), notes=[str(n) for n in summary.get("notes", [])], size=THUMB,
+    )
+    dest = Path(out) if out else run.path / "report.html"
+    write_text(dest, page)
+    return dest
