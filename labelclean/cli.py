@@ -126,7 +126,7 @@ def review(
     """Show suspects from a run, filtered and sorted, as a table or JSON; or review them one by one."""
     from labelclean.io import json_text, records
     from labelclean.review.terminal import print_suspects
-    from labelclean.run import Run
+    from labelclean.run.folder import Run
 
     if interactive:
         from labelclean.review.interactive import ReviewSession, interactive_input, require_tty
@@ -164,7 +164,7 @@ def export(
                                             decisions, promote_trusted, overwrite)
     if fmt == "label-studio":
         from labelclean.export.label_studio import local_files
-        from labelclean.run import Run
+        from labelclean.run.folder import Run
 
         where = local_files(Run.open(run_dir))
         err.print(escape(f"{changed} suspects as Label Studio tasks; labelling config in "
@@ -253,7 +253,7 @@ def report(
 ) -> None:
     """Rebuild the self-contained HTML report of a run."""
     from labelclean.review.html import build_report
-    from labelclean.run import Run
+    from labelclean.run.folder import Run
     from labelclean.run.writer import check_destination, run_files
 
     if dest is not None:

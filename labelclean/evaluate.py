@@ -17,7 +17,7 @@ from labelclean.data.dataset import label_text
 from labelclean.errors import DataError
 from labelclean.io import read_table, write_json
 from labelclean.metrics import detection_metrics
-from labelclean.run import Run
+from labelclean.run.folder import Run
 from labelclean.run import schema as S
 
 ID_CANDIDATES = (S.SAMPLE_ID, "id", "folder_id", "path")

@@ -87,7 +87,7 @@ def fit_batch_size(num_samples: int) -> int:
 
 def resolve_config(config: RunConfig, samples: Samples) -> RunConfig:
     """Fill the "fit to data" settings and make paths absolute."""
-    paths = samples.table["abs_path"].tolist()
+    paths = samples.table[S.ABS_PATH].tolist()
     return config.replace(
         dataset=str(Path(config.dataset).resolve()),
         trusted=str(Path(config.trusted).resolve()) if config.trusted else None,
@@ -127,11 +127,11 @@ def _prepare_run_dir(config: RunConfig, samples: Samples) -> Path:
 
 def _where(samples: Samples, i: int) -> str:
     row = samples.table.iloc[i]
-    if row["source"] == "trusted":
-        return f"{row['abs_path']} (trusted set)"
+    if row[S.SOURCE] == S.TRUSTED:
+        return f"{row[S.ABS_PATH]} (trusted set)"
     if samples.input.kind == "folder":
-        return str(row["abs_path"])
-    return f"{row['abs_path']} ({samples.input.source.name} row {int(row['row']) + 1})"
+        return str(row[S.ABS_PATH])
+    return f"{row[S.ABS_PATH]} ({samples.input.source.name} row {int(row[S.ROW]) + 1})"
 
 
 def _handle_failures(
@@ -153,7 +153,7 @@ def _handle_failures(
     keep[list(failures)] = False
     table = samples.table.iloc[list(failures)]
     skipped = pd.DataFrame({
-        S.SAMPLE_ID: table["sample_id"], S.PATH: table["path"], "row": table["row"] + 1,
+        S.SAMPLE_ID: table[S.SAMPLE_ID], S.PATH: table[S.PATH], S.ROW: table[S.ROW] + 1,
         "reason": list(failures.values()),
     })
     write_table(run_dir / "skipped.csv", skipped)
@@ -165,7 +165,7 @@ def _handle_failures(
 
 
 def _check_classes(samples: Samples) -> None:
-    present = set(samples.table.loc[samples.table["source"] == "dataset", "label_index"])
+    present = set(samples.table.loc[samples.table[S.SOURCE] == S.DATASET, S.LABEL_INDEX])
     empty = [c for i, c in enumerate(samples.classes) if i not in present]
     if empty:
         raise DataError(
@@ -233,7 +233,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
 
     t0 = time.perf_counter()
     with reporter.task("decoding images", len(samples)) as advance:
-        pixels, failures = decode_images(samples.table["abs_path"].tolist(), config.image_size, advance)
+        pixels, failures = decode_images(samples.table[S.ABS_PATH].tolist(), config.image_size, advance)
     keep = _handle_failures(samples, failures, config.strict, run_dir, reporter)
     all_samples = samples
     samples = samples.subset(keep)
@@ -261,7 +261,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     evidence = result.evidence
     notes.extend(evidence.summary.get("notes", []))
 
-    given = samples.table["label_index"].to_numpy()
+    given = samples.table[S.LABEL_INDEX].to_numpy()
     scored = score(evidence, given, verified, samples.targets, config.threshold)
     scores = scores_frame(samples, scored, evidence.columns)
     transition, transition_source = _transition(evidence, samples, scored)
@@ -277,10 +277,10 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
         "input_kind": samples.input.kind,
         "corrected": corrected_name,
         "corrected_columns": corrected_columns,
-        "rows": int((all_samples.table["source"] == "dataset").sum()),
+        "rows": int((all_samples.table[S.SOURCE] == S.DATASET).sum()),
         "samples_scored": int((~verified).sum()),
         "verified": int(verified.sum()),
-        "trusted_added": int((samples.table["source"] == "trusted").sum()),
+        "trusted_added": int((samples.table[S.SOURCE] == S.TRUSTED).sum()),
         "skipped": len(failures),
         "classes": samples.classes,
         **scored.summary(given, samples.targets, verified, samples.classes),
@@ -314,7 +314,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
 
 def _transition(evidence: Evidence, samples: Samples, scored: Any) -> tuple[pd.DataFrame, str]:
     """The method's learned T, else the one implied by the decisions (true = final label)."""
-    given = samples.table["label_index"].to_numpy()
+    given = samples.table[S.LABEL_INDEX].to_numpy()
     if evidence.transition is not None:
         t, source = np.asarray(evidence.transition), "method"
     else:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from labelclean.run import schema as S
+
 #: P(wrong) at which evidence is strong enough to relabel without review (a 10% error rate
 #: among automatic relabels is the most a team should accept unseen).
 RELABEL_POSTERIOR = 0.9
@@ -352,8 +354,8 @@ def score(
     relabel[free] = decision.relabel
     suspicion[verified] = 0.0
     suggested = np.where(verified, verified_label, alt)
-    action = np.where(relabel, "relabel", np.where(is_suspect, "review", "keep")).astype(object)
-    action[verified] = "verified"
+    action = np.where(relabel, S.RELABEL, np.where(is_suspect, S.REVIEW, S.KEEP)).astype(object)
+    action[verified] = S.VERIFIED_ACTION
     return Scored(suspicion, p_wrong, is_suspect, relabel, action, suggested,
                   belief.argmax(1), ranks(suspicion, free), decision, columns, member_errors)
 

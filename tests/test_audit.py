@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -6,6 +7,7 @@ import pytest
 from PIL import Image
 
 from labelclean import RunConfig, audit
+from labelclean.errors import ConfigError, DataError
 from labelclean.methods.ce import CrossEntropy
 from tests.conftest import FAST, tree_digest
 
@@ -57,7 +59,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny, tmp_path, mon
 
 def test_resume_with_other_settings_is_refused(tiny, tmp_path):
     audit(_config(tiny, tmp_path, epochs=1))
-    with pytest.raises(Exception, match="different settings"):
+    with pytest.raises(ConfigError, match="different settings"):
         audit(_config(tiny, tmp_path, epochs=1, lr=0.2, resume=True))
 
 
@@ -102,11 +104,11 @@ def test_parquet_input_gives_parquet_corrected_manifest(tiny, tmp_path):
 
 def test_strict_makes_one_bad_image_an_error_and_many_always_are(tiny, tmp_path):
     (tiny.root / "dog" / "s020.png").write_bytes(b"broken")
-    with pytest.raises(Exception, match=r"s020.png \(manifest.csv row 21\): not a readable image"):
+    with pytest.raises(DataError, match=r"s020.png \(manifest.csv row 21\): not a readable image"):
         audit(_config(tiny, tmp_path, strict=True))
     for name in ("s021", "s022", "s023"):
         (tiny.root / "dog" / f"{name}.png").unlink()
-    with pytest.raises(Exception, match="4 of 48 images unreadable"):
+    with pytest.raises(DataError, match="4 of 48 images unreadable"):
         audit(_config(tiny, tmp_path, out=str(tmp_path / "r2")))
 
 
@@ -185,3 +187,18 @@ def test_existing_run_folder_needs_resume_or_overwrite(tiny, tmp_path, cli):
     code, _, err = cli("audit", tiny.csv, "--out", tmp_path / "r", *FAST)
     assert code == 1 and "holds an earlier run" in err
     assert cli("audit", tiny.csv, "--out", tmp_path / "r", "--overwrite", *FAST)[0] == 0
+
+
+def test_a_csv_only_run_reads_back_with_the_schema_types(tiny, tmp_path):
+    from labelclean.run.folder import Run
+
+    result = audit(_config(tiny, tmp_path))
+    run = Run.open(result.run_dir)
+    with_parquet = run.suspects()
+    (result.run_dir / "scores.parquet").unlink()
+    scores = run.scores()
+    assert scores["is_suspect"].dtype == bool and scores["verified"].dtype == bool
+    assert str(scores["rank"].dtype) == "Int64" and scores["suspicion"].dtype == "float64"
+    assert int(scores["is_suspect"].sum()) == result.summary["flagged"]  # "False" is not flagged
+    pd.testing.assert_frame_equal(run.suspects(), with_parquet, check_dtype=False)
+    assert (scores["image_path"].map(lambda p: Path(p).is_absolute())).all()

@@ -32,7 +32,7 @@ import pytest
 
 from labelclean import RunConfig, audit
 from labelclean.export.label_studio import label_studio_config, local_files
-from labelclean.run import Run
+from labelclean.run.folder import Run
 
 pytestmark = pytest.mark.labelstudio
 

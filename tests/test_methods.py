@@ -221,3 +221,122 @@ def test_auto_runs_one_teacher_forward_per_step_and_shares_it(view):
 def test_auto_refuses_an_unknown_second_view():
     with pytest.raises(UsageError, match="auto.second_view: expected one of teacher, student"):
         _context("auto", second_view="both")
+
+
+# -- the meta step itself: structured flips that plain CE would learn as the truth --------
+
+def _flip_context(method, monkeypatch=None, n_per_class=24, seed=0):
+    """Class 0 with 40% of its rows labelled 1 (flip-to-one); 4 clean verified rows a class.
+
+    Images are separable by colour, so after a CE warm-up the head knows the classes. Returns
+    the method after warm-up, its context, the rows that are not verified and the flipped ones.
+    """
+    torch.manual_seed(seed)
+    c, n = 3, 3 * n_per_class
+    true = torch.arange(n) // n_per_class
+    g = torch.Generator().manual_seed(seed)
+    pixels = 0.3 * torch.rand(n, 3, 8, 8, generator=g)
+    pixels[torch.arange(n), true] += 0.7
+    verified = torch.zeros(n, dtype=torch.bool)
+    for k in range(c):
+        verified[k * n_per_class: k * n_per_class + 4] = True
+    labels = true.clone()
+    class0 = torch.where((true == 0) & ~verified)[0]
+    flipped = class0[: int(0.4 * n_per_class)]
+    labels[flipped] = 1
+    model = build_backbone("test_tiny", c)
+    config = RunConfig(dataset="unused", method=method, epochs=2, batch_size=16)
+    ctx = TrainContext(model=model, num_classes=c, labels=labels, verified=verified,
+                       sample_ids=[f"s{i}" for i in range(n)], epochs=2, steps_per_epoch=8,
+                       batch_size=16, generator=torch.Generator().manual_seed(seed),
+                       device=torch.device("cpu"), config=config,
+                       load=lambda rows, aug: pixels[rows], notice=lambda m: None)
+    m = METHODS.get(method).build({"warmup": 0.5})
+    m.setup(ctx)
+    ctx.optimizer = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(60):  # CE warm-up on the noisy labels
+        rows = torch.randint(0, n, (16,), generator=g)
+        loss = F.cross_entropy(model(pixels[rows]), labels[rows])
+        ctx.optimizer.zero_grad()
+        loss.backward()
+        ctx.optimizer.step()
+    ctx.epoch = 1
+    m.on_epoch_start(1)
+    free = torch.where(~verified)[0]
+
+    def steps(count=24):
+        for k in range(count):
+            rows = free[torch.randperm(len(free), generator=g)[:16]]
+            batch = Batch(rows, pixels[rows], labels[rows], verified[rows],
+                          pixels[rows] if m.num_views > 1 else None)
+            _step(m, ctx, batch)
+
+    return m, steps, flipped, free
+
+
+def _no_meta_step(monkeypatch, module):
+    """Switch the meta step off: every meta-gradient and head sensitivity is zero."""
+    import labelclean.methods.functional as fn
+
+    def zero_meta_gradient(train_loss, theta, meta_loss, phi, lr, shift=None):
+        return [torch.zeros_like(p) for p in phi], torch.tensor(0.0), {}
+
+    def zero_sensitivity(theta, inner_loss, lr, h, h_ref, y_ref, shift=None):
+        return torch.zeros(len(h), len(theta["bias"]))
+
+    monkeypatch.setattr(module, "meta_gradient", zero_meta_gradient, raising=False)
+    monkeypatch.setattr(module, "head_meta_sensitivity", zero_sensitivity, raising=False)
+    monkeypatch.setattr(fn, "head_meta_sensitivity", zero_sensitivity)
+
+
+@pytest.mark.parametrize("meta_on", [True, False])
+def test_mlc_transition_moves_towards_the_injected_flips(monkeypatch, meta_on):
+    import labelclean.methods.mlc as mlc
+
+    if not meta_on:
+        _no_meta_step(monkeypatch, mlc)
+    m, steps, _, _ = _flip_context("mlc")
+    before = m.transition().clone()
+    steps()
+    t = m.transition()
+    moved = float(t[0, 1] - before[0, 1])  # true 0, given 1: the injected confusion
+    other = float(t[0, 2] - before[0, 2])
+    if meta_on:
+        assert moved > 0 and moved > other + 1e-3, (moved, other)
+    else:
+        assert moved == 0 and other == 0
+
+
+@pytest.mark.parametrize("meta_on", [True, False])
+def test_mslg_soft_labels_move_towards_the_true_class_on_flipped_rows(monkeypatch, meta_on):
+    import labelclean.methods.mslg as mslg
+
+    if not meta_on:
+        _no_meta_step(monkeypatch, mslg)
+    m, steps, flipped, free = _flip_context("mslg")
+    before = m.soft_labels()[:, 0].clone()
+    steps()
+    gain = m.soft_labels()[:, 0] - before
+    clean = free[~torch.isin(free, flipped) & (m.context.labels[free] == 1)]
+    if meta_on:
+        assert gain[flipped].mean() > 0 and gain[flipped].mean() > gain[clean].mean(), (
+            float(gain[flipped].mean()), float(gain[clean].mean()))
+    else:
+        assert gain.abs().max() == 0
+
+
+@pytest.mark.parametrize("meta_on", [True, False])
+def test_ieg_relabels_flipped_rows_more_often_than_clean_ones(monkeypatch, meta_on):
+    import labelclean.methods.ieg as ieg
+
+    if not meta_on:
+        _no_meta_step(monkeypatch, ieg)
+    m, steps, flipped, free = _flip_context("ieg")
+    steps(32)
+    rate = m.relabelled / m.visits.clamp_min(1)
+    clean = free[~torch.isin(free, flipped)]
+    gap = float(rate[flipped].mean() - rate[clean].mean())
+    if meta_on:
+        assert gap > 0.1, gap
+    else:
+        assert abs(gap) < 1e-9, gap

@@ -67,7 +67,8 @@ def test_feature_noise_on_images(tiny, tmp_path, kind):
 def test_simulate_audit_evaluate_round_trip(tiny, tmp_path, cli):
     code, out, err = cli("simulate", tiny.root, "--noise", "flip-random", "--rate", "0.1",
                          "--trusted-per-class", "2", "--out", tmp_path / "sim")
-    assert code == 0, err and "realised rate" in out
+    assert code == 0, err
+    assert "realised rate" in out
     result = audit(RunConfig(dataset=str(tmp_path / "sim" / "noisy.csv"),
                              trusted=str(tmp_path / "sim" / "trusted.csv"), out=str(tmp_path / "run"),
                              backbone="test_tiny", epochs=3, batch_size=12, image_size=12, lr=0.1))

@@ -3,7 +3,17 @@ import pytest
 import torch
 
 from labelclean.metrics import auroc, average_precision, detection_metrics, precision_recall_f1
-from labelclean.scoring import alternative, decide, fit_mixture, transition_from_labels
+from labelclean.scoring import (
+    Evidence,
+    alternative,
+    combine_members,
+    decide,
+    fit_mixture,
+    ranks,
+    score,
+    threshold_flags,
+    transition_from_labels,
+)
 from labelclean.train.augment import random_crop_flip
 from labelclean.train.loop import learning_rate
 
@@ -111,3 +121,70 @@ def test_flagged_count_is_the_estimate_for_a_method_posterior():
     assert d.threshold_method == "members' calibrated posterior: estimated count"
     assert d.is_suspect.sum() == round(post.sum())
     assert s[d.is_suspect].min() >= s[~d.is_suspect].max()
+
+
+# -- the combination auto hands to scoring: calibration and votes ------------------------
+
+def test_members_on_different_scales_are_calibrated_before_they_are_averaged():
+    s, noisy = _bimodal(seed=1)
+    members = {"a": s, "b": 0.4 + 0.2 * s}  # same ranking, squeezed into [0.4, 0.6]
+    combined = combine_members(members, np.ones(len(s), bool))
+    # Each member's own mixture puts both on the probability scale; raw means would not.
+    for name in members:
+        assert abs(combined.member_p_wrong[name].sum() - noisy.sum()) <= 10
+    assert np.mean(list(members.values()), axis=0).sum() > 2 * noisy.sum()
+    assert abs(combined.p_wrong.sum() - noisy.sum()) <= 5
+    assert precision_recall_f1(combined.p_wrong >= 0.5, noisy)["f1"] > 0.97
+
+
+def test_a_member_that_does_not_separate_adds_nothing_and_cannot_vote():
+    s, noisy = _bimodal(seed=2)
+    flat = np.full(len(s), 0.3)
+    combined = combine_members({"a": s, "b": s, "flat": flat}, np.ones(len(s), bool))
+    assert (combined.member_p_wrong["flat"] == 0).all()
+    assert np.allclose(combined.p_wrong, 2 / 3 * combined.member_p_wrong["a"])
+    # Two of three members at P(wrong) >= 0.9 carry the relabel vote (ceil(3/2) = 2).
+    strong_rows = combined.member_p_wrong["a"] >= 0.9
+    assert (combined.votes[strong_rows] == 2).all() and combined.strong[strong_rows].all()
+    assert not combined.strong[~strong_rows].any()
+
+
+def test_relabel_vote_needs_half_the_members():
+    n = 200
+    rng = np.random.default_rng(0)
+    high = np.r_[rng.uniform(0.0, 0.1, 150), rng.uniform(0.95, 1.0, 50)]
+    members = {"a": high, "b": high[::-1].copy(), "c": high[::-1].copy(), "d": high[::-1].copy()}
+    combined = combine_members(members, np.ones(n, bool))
+    only_a = (combined.member_p_wrong["a"] >= 0.9) & (combined.member_p_wrong["b"] < 0.9)
+    assert only_a.any() and not combined.strong[only_a].any()  # 1 of 4 is not half
+
+
+def test_score_decides_every_row_once_with_one_meaning_of_suggested():
+    s, noisy = _bimodal(n_clean=90, n_noisy=10, seed=4)
+    n = len(s)
+    given = np.zeros(n, dtype=int)
+    belief = np.tile([0.2, 0.5, 0.3], (n, 1))  # argmax 1; best other than 0 is 1 too
+    belief[:5] = [0.1, 0.2, 0.7]  # argmax 2
+    verified = np.zeros(n, bool)
+    verified[:3] = True
+    verified_label = given.copy()
+    verified_label[0] = 2
+    scored = score(Evidence(s, belief, members={"a": s, "b": s}), given, verified, verified_label)
+    assert (scored.action[:3] == "verified").all() and (scored.suspicion[:3] == 0).all()
+    assert scored.suggested[0] == 2 and scored.suggested[1] == 0  # the verified label
+    assert (scored.suggested[3:5] == 2).all() and (scored.suggested[5:] == 1).all()  # best other
+    assert (scored.predicted[:5] == 2).all() and (scored.predicted[5:] == 1).all()
+    assert (scored.rank[:3] == 0).all() and sorted(scored.rank[3:]) == list(range(1, n - 2))
+    assert scored.is_suspect.sum() == round(scored.p_wrong[~verified].sum())
+    assert set(scored.columns) == {"a_p_wrong", "b_p_wrong", "strong_votes"}
+
+
+def test_ties_keep_row_order_in_rank():
+    assert ranks(np.array([0.5, 0.9, 0.9, 0.9, 0.1]), np.ones(5, bool)).tolist() == [4, 1, 2, 3, 5]
+
+
+def test_threshold_flags_never_flag_verified_rows():
+    flags = threshold_flags(np.array([0.9, 0.9, 0.1]), np.array([False, True, False]), 0.5)
+    assert flags.tolist() == [True, False, False]
+    with pytest.raises(ValueError):
+        threshold_flags(np.zeros(1), np.zeros(1, bool), 1.5)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from labelclean.errors import DataError
 from labelclean.io import read_table
+from labelclean.run import schema as S
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 MAX_REPORTED = 10
@@ -75,15 +76,15 @@ class Samples:
 
     @property
     def sample_ids(self) -> list[str]:
-        return self.table["sample_id"].tolist()
+        return self.table[S.SAMPLE_ID].tolist()
 
     @property
     def targets(self) -> np.ndarray:
-        return np.array(self.table["target"], dtype=np.int64)
+        return np.array(self.table[S.TARGET], dtype=np.int64)
 
     @property
     def verified(self) -> np.ndarray:
-        return np.array(self.table["verified"], dtype=bool)
+        return np.array(self.table[S.VERIFIED], dtype=bool)
 
     def subset(self, keep: np.ndarray) -> Samples:
         table = self.table[keep].reset_index(drop=True)
@@ -129,8 +130,8 @@ def load_folder(root: Path) -> InputTable:
                      f"in {', '.join(sorted(IMAGE_SUFFIXES))})")
         rows.extend((p.relative_to(root).as_posix(), class_dir.name) for p in files)
     raise_problems(problems)
-    frame = pd.DataFrame(rows, columns=["path", "label"])
-    return InputTable("folder", root, root, frame, "path", "label", None)
+    frame = pd.DataFrame(rows, columns=[S.PATH, S.LABEL])
+    return InputTable("folder", root, root, frame, S.PATH, S.LABEL, None)
 
 
 def load_manifest(
@@ -223,22 +224,22 @@ def load_samples(
     paths = [str(v) for v in inp.frame[inp.path_column]]
     table = pd.DataFrame(
         {
-            "sample_id": inp.ids(),
-            "path": paths,
-            "abs_path": [_resolve(inp.base_dir, p) for p in paths],
-            "label": labels,
-            "label_index": [index[c] for c in labels],
-            "verified": False,
-            "trusted_label": "",
-            "source": "dataset",
-            "row": np.arange(len(paths)),
+            S.SAMPLE_ID: inp.ids(),
+            S.PATH: paths,
+            S.ABS_PATH: [_resolve(inp.base_dir, p) for p in paths],
+            S.LABEL: labels,
+            S.LABEL_INDEX: [index[c] for c in labels],
+            S.VERIFIED: False,
+            S.TRUSTED_LABEL: "",
+            S.SOURCE: S.DATASET,
+            S.ROW: np.arange(len(paths)),
         }
     )
     if trusted is not None:
         table = _merge_trusted(table, Path(trusted), classes, inp, notes)
-    table["target"] = [
+    table[S.TARGET] = [
         index[t] if v else li
-        for t, v, li in zip(table["trusted_label"], table["verified"], table["label_index"])
+        for t, v, li in zip(table[S.TRUSTED_LABEL], table[S.VERIFIED], table[S.LABEL_INDEX])
     ]
     return Samples(table, classes, inp, Path(trusted) if trusted else None, label_values, notes)
 
@@ -248,8 +249,8 @@ def _merge_trusted(
 ) -> pd.DataFrame:
     """Mark dataset rows that the trusted set verifies; add trusted rows not in the dataset."""
     frame = read_table(path)
-    path_col = inp.path_column if inp.path_column in frame.columns else "path"
-    label_col = inp.label_column if inp.label_column in frame.columns else "label"
+    path_col = inp.path_column if inp.path_column in frame.columns else S.PATH
+    label_col = inp.label_column if inp.label_column in frame.columns else S.LABEL
     missing = [c for c in (path_col, label_col) if c not in frame.columns]
     if missing:
         found = ", ".join(map(str, frame.columns)) or "no columns"
@@ -260,10 +261,10 @@ def _merge_trusted(
     labels = _label_strings(frame[label_col])
     problems: list[str] = []
     known = set(classes)
-    by_id = {sid: i for i, sid in enumerate(table["sample_id"])}
+    by_id = {sid: i for i, sid in enumerate(table[S.SAMPLE_ID])}
     # Paths meet on their resolved form: a dataset given through a symlink or as an absolute
     # path, and a trusted file with absolute or relative paths, name the same image.
-    by_path = {os.path.realpath(p): i for i, p in enumerate(table["abs_path"])}
+    by_path = {os.path.realpath(p): i for i, p in enumerate(table[S.ABS_PATH])}
     respelled = 0
     table = table.copy()
     seen: dict[int, str] = {}
@@ -281,19 +282,19 @@ def _merge_trusted(
         i = by_id.get(str(frame[id_col].iloc[r])) if id_col else None
         if i is None:
             i = by_path.get(os.path.realpath(abs_path))
-            if i is not None and table.at[i, "abs_path"] != abs_path:
+            if i is not None and table.at[i, S.ABS_PATH] != abs_path:
                 respelled += 1
         if i is None:
             sid = str(frame[id_col].iloc[r]) if id_col else f"trusted:{raw_path}"
             extra.append((sid, str(raw_path), abs_path, label, r))
             continue
         if i in seen and seen[i] != label:
-            _problem(problems, f"{where}: sample {table.at[i, 'sample_id']!r} is trusted twice "
+            _problem(problems, f"{where}: sample {table.at[i, S.SAMPLE_ID]!r} is trusted twice "
                      f"with different labels ({seen[i]!r} and {label!r})")
             continue
         seen[i] = label
-        table.at[i, "verified"] = True
-        table.at[i, "trusted_label"] = label
+        table.at[i, S.VERIFIED] = True
+        table.at[i, S.TRUSTED_LABEL] = label
     raise_problems(problems)
     if respelled:
         notes.append(f"{path}: {respelled} trusted path(s) spelled differently from the dataset's "
@@ -302,19 +303,19 @@ def _merge_trusted(
         index = {c: i for i, c in enumerate(classes)}
         rows = pd.DataFrame(
             {
-                "sample_id": [e[0] for e in extra],
-                "path": [e[1] for e in extra],
-                "abs_path": [e[2] for e in extra],
-                "label": [e[3] for e in extra],
-                "label_index": [index[e[3]] for e in extra],
-                "verified": True,
-                "trusted_label": [e[3] for e in extra],
-                "source": "trusted",
-                "row": -1,
+                S.SAMPLE_ID: [e[0] for e in extra],
+                S.PATH: [e[1] for e in extra],
+                S.ABS_PATH: [e[2] for e in extra],
+                S.LABEL: [e[3] for e in extra],
+                S.LABEL_INDEX: [index[e[3]] for e in extra],
+                S.VERIFIED: True,
+                S.TRUSTED_LABEL: [e[3] for e in extra],
+                S.SOURCE: S.TRUSTED,
+                S.ROW: -1,
             }
         )
-        clash = rows["sample_id"].isin(set(table["sample_id"])) | rows["sample_id"].duplicated()
-        for sid in rows.loc[clash, "sample_id"]:
+        clash = rows[S.SAMPLE_ID].isin(set(table[S.SAMPLE_ID])) | rows[S.SAMPLE_ID].duplicated()
+        for sid in rows.loc[clash, S.SAMPLE_ID]:
             _problem(problems, f"{path}: trusted id {sid!r} is used by another sample")
         raise_problems(problems)
         table = pd.concat([table, rows], ignore_index=True)

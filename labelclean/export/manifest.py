@@ -51,7 +51,7 @@ def apply_policy(
     flagged = np.array(corrected[names[S.IS_SUSPECT]], dtype=bool)
     if threshold is not None:
         suspicion = corrected[names[S.SUSPICION]].fillna(0.0).to_numpy(dtype=float)
-        flagged = threshold_flags(suspicion, (action == "verified").to_numpy(), threshold)
+        flagged = threshold_flags(suspicion, (action == S.VERIFIED_ACTION).to_numpy(), threshold)
     own = [c for c in corrected.columns if c not in names.values()]
     if policy == "flag":
         return corrected.copy(), 0
@@ -59,7 +59,7 @@ def apply_policy(
         return corrected.loc[~flagged, own].reset_index(drop=True), int(flagged.sum())
     suggested = corrected[names[S.SUGGESTED]].astype(str)
     given = corrected[label_column].map(label_text)
-    change = np.array(action.isin(["relabel", "verified"]), dtype=bool)
+    change = np.array(action.isin([S.RELABEL, S.VERIFIED_ACTION]), dtype=bool)
     if threshold is not None:
         change |= flagged
     change &= (suggested != given).to_numpy()

@@ -112,9 +112,9 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
     for _, r in shown.iterrows():
         cards.append({
             "id": r[S.SAMPLE_ID], "path": r[S.PATH], "given": r[S.GIVEN],
-            "suggested": r[S.SUGGESTED], "suspicion": round(float(r[S.SUSPICION]), 4),
-            "p_wrong": round(float(r[S.P_WRONG]), 4),
-            "rank": None if pd.isna(r[S.RANK]) else int(r[S.RANK]), "action": r[S.ACTION],
+            "suggested": r[S.SUGGESTED], S.SUSPICION: round(float(r[S.SUSPICION]), 4),
+            S.P_WRONG: round(float(r[S.P_WRONG]), 4),
+            S.RANK: None if pd.isna(r[S.RANK]) else int(r[S.RANK]), S.ACTION: r[S.ACTION],
             "agree": str(r[S.DOUBTED_BY]) if doubted else "", "thumb": thumb_key(r),
         })
 

@@ -21,7 +21,7 @@ from labelclean.io import read_table
 from labelclean.run import schema as S
 
 #: Orders :meth:`Run.suspects` accepts.
-SORTS = ("rank", "suspicion", "given_label", "suggested_label")
+SORTS = (S.RANK, S.SUSPICION, S.GIVEN, S.SUGGESTED)
 
 
 @dataclass

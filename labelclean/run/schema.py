@@ -61,8 +61,19 @@ SCORES_TYPES: dict[str, str] = {
 }
 SCORE_COLUMNS = list(SCORES_TYPES)
 
-ACTIONS = ("relabel", "review", "keep", "verified", "skipped")
-SOURCES = ("dataset", "trusted")
+RELABEL, REVIEW, KEEP, VERIFIED_ACTION, SKIPPED = "relabel", "review", "keep", "verified", "skipped"
+ACTIONS = (RELABEL, REVIEW, KEEP, VERIFIED_ACTION, SKIPPED)
+
+# The in-memory sample table (labelclean.data.dataset.Samples) shares the names above where
+# they mean the same; these are its own.
+ABS_PATH = "abs_path"
+LABEL = "label"
+LABEL_INDEX = "label_index"
+TRUSTED_LABEL = "trusted_label"
+TARGET = "target"
+ROW = "row"
+DATASET, TRUSTED = "dataset", "trusted"
+SOURCES = (DATASET, TRUSTED)
 
 #: Columns added to a corrected manifest (prefixed with ``labelclean_`` if the input has them).
 ADDED_COLUMNS = [SAMPLE_ID, IMAGE_PATH, SUGGESTED, PREDICTED, SUSPICION, IS_SUSPECT, ACTION]

@@ -76,11 +76,11 @@ def scores_frame(samples: Samples, scored: Scored, columns: dict[str, np.ndarray
     rank = pd.array(np.where(scored.rank > 0, scored.rank, 0), dtype="Int64")
     rank[scored.rank == 0] = pd.NA
     frame = pd.DataFrame({
-        S.SAMPLE_ID: table["sample_id"].to_numpy(),
-        S.PATH: table["path"].to_numpy(),
-        S.IMAGE_PATH: table["abs_path"].to_numpy(),
-        S.SOURCE: table["source"].to_numpy(),
-        S.GIVEN: table["label"].to_numpy(),
+        S.SAMPLE_ID: table[S.SAMPLE_ID].to_numpy(),
+        S.PATH: table[S.PATH].to_numpy(),
+        S.IMAGE_PATH: table[S.ABS_PATH].to_numpy(),
+        S.SOURCE: table[S.SOURCE].to_numpy(),
+        S.GIVEN: table[S.LABEL].to_numpy(),
         S.SUGGESTED: classes[scored.suggested],
         S.PREDICTED: classes[scored.predicted],
         S.SUSPICION: scored.suspicion.round(S.DECIMALS),
@@ -112,7 +112,7 @@ def write_arrays(run_dir: Path, samples: Samples, arrays: dict[str, np.ndarray])
     names = []
     for name, values in arrays.items():
         table = pd.DataFrame(values, columns=samples.classes)
-        table.insert(0, S.SAMPLE_ID, samples.table["sample_id"].to_numpy())
+        table.insert(0, S.SAMPLE_ID, samples.table[S.SAMPLE_ID].to_numpy())
         write_table(run_dir / f"{name}.parquet", table)
         names.append(f"{name}.parquet")
     return names
@@ -129,8 +129,8 @@ def write_corrected(samples: Samples, scores: pd.DataFrame, run_dir: Path) -> tu
     frame = inp.frame.copy()
     frame[inp.path_column] = rewrite_paths(frame[inp.path_column].astype(object), inp.base_dir, run_dir)
     names = S.added_names(frame.columns)
-    dataset = (samples.table["source"] == "dataset").to_numpy()
-    pick = scores[dataset].set_index(samples.table.loc[dataset, "row"].to_numpy()).reindex(
+    dataset = (samples.table[S.SOURCE] == S.DATASET).to_numpy()
+    pick = scores[dataset].set_index(samples.table.loc[dataset, S.ROW].to_numpy()).reindex(
         np.arange(len(frame)))
     known = pick[S.SAMPLE_ID].notna().to_numpy()
     given = frame[inp.label_column].map(label_text).to_numpy()
@@ -142,7 +142,7 @@ def write_corrected(samples: Samples, scores: pd.DataFrame, run_dir: Path) -> tu
     frame[names[S.PREDICTED]] = np.where(known, pick[S.PREDICTED].to_numpy(dtype=object), "")
     frame[names[S.SUSPICION]] = pick[S.SUSPICION].to_numpy(dtype=float)
     frame[names[S.IS_SUSPECT]] = np.where(known, pick[S.IS_SUSPECT].to_numpy(dtype=object), False).astype(bool)
-    frame[names[S.ACTION]] = np.where(known, pick[S.ACTION].to_numpy(dtype=object), "skipped")
+    frame[names[S.ACTION]] = np.where(known, pick[S.ACTION].to_numpy(dtype=object), S.SKIPPED)
     name = "corrected.parquet" if inp.kind == "parquet" else "corrected.csv"
     write_table(run_dir / name, frame)
     return name, names
