@@ -67,9 +67,9 @@ def materialise(name: str, limit: int | None) -> Path:
 def kfold_probs(manifest: Path, labels: list[str], classes: list[str], k: int, epochs: int,
                 seed: int, augment: str, work: Path) -> tuple[np.ndarray, float]:
     """Out-of-sample probabilities from K-fold training of the default backbone with ``ce``."""
-    from labelclean.pipeline import fit_batch_size, fit_image_size
     from labelclean.data.images import decode_images
     from labelclean.methods.ce import CrossEntropy
+    from labelclean.pipeline import fit_batch_size, fit_image_size
     from labelclean.progress import Reporter
     from labelclean.train.loop import _normalisation, train
 
@@ -132,7 +132,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
     manifest = materialise(dataset, args.limit)
     augment = "crop-flip" if dataset == "cifar10" else "crop"
     raw = {"command": command(), "machine": machine(), "dataset": dataset,
-           "images": int(len(pd.read_csv(manifest))), "results": {}}
+           "images": len(pd.read_csv(manifest)), "results": {}}
     oracle_cache: dict[tuple, tuple[np.ndarray, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

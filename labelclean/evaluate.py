@@ -17,8 +17,8 @@ from labelclean.data.dataset import label_text
 from labelclean.errors import DataError
 from labelclean.io import read_table, write_json
 from labelclean.metrics import detection_metrics
-from labelclean.run.folder import Run
 from labelclean.run import schema as S
+from labelclean.run.folder import Run
 
 ID_CANDIDATES = (S.SAMPLE_ID, "id", "folder_id", "path")
 
@@ -34,7 +34,7 @@ def _match_column(truth: pd.DataFrame, ids: set[str], id_column: str | None, sou
             return column
         if best_missing is None or len(missing) < len(best_missing):
             best, best_missing = column, missing
-    if best is None:
+    if best is None or best_missing is None:
         raise DataError(f"{source}: expected an id column ({', '.join(ID_CANDIDATES)}), found "
                         f"{', '.join(map(str, truth.columns))}")
     example = ", ".join(sorted(best_missing)[:3])
@@ -80,7 +80,7 @@ def evaluate_run(
     result: dict[str, Any] = {
         "run": str(run.path),
         "truth": str(truth_path),
-        "samples": int(len(scored)),
+        "samples": len(scored),
         "excluded_verified": int(len(scores) - len(scored)),
         **detection_metrics(suspicion, flagged, wrong),
         "suggestion_accuracy_on_errors": _mean(suggested[wrong] == y[wrong]),

@@ -44,7 +44,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    return atomic_write(path, write)
 
 
 def json_text(obj: Any) -> str:

@@ -29,7 +29,12 @@ from labelclean.methods import METHODS, Method
 from labelclean.progress import Reporter
 from labelclean.run import schema as S
 from labelclean.run.writer import (
-    clear_run, run_files, scores_frame, write_arrays, write_corrected, write_scores,
+    clear_run,
+    run_files,
+    scores_frame,
+    write_arrays,
+    write_corrected,
+    write_scores,
     write_transition,
 )
 from labelclean.scoring import Evidence, score, transition_from_labels

@@ -18,6 +18,10 @@ from rich.progress import (
 Advance = Callable[[int], None]
 
 
+def _ignore(n: int = 1) -> None:
+    """Progress nobody shows."""
+
+
 class Reporter:
     """Silent reporter: collects notices, shows nothing."""
 
@@ -29,7 +33,7 @@ class Reporter:
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
-        yield lambda n=1: None
+        yield _ignore
 
 
 class RichReporter(Reporter):
@@ -47,7 +51,7 @@ class RichReporter(Reporter):
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
         if not self.show_progress:
-            yield lambda n=1: None
+            yield _ignore
             return
         columns = (
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -55,4 +59,8 @@ class RichReporter(Reporter):
         )
         with Progress(*columns, console=self.console, transient=True) as progress:
             task = progress.add_task(description, total=total)
-            yield lambda n=1: progress.advance(task, n)
+
+            def advance(n: int = 1) -> None:
+                progress.advance(task, n)
+
+            yield advance

@@ -239,7 +239,7 @@ def decide(
         posterior = np.zeros_like(suspicion, dtype=np.float64)
         method = "mixture (no separation: nothing flagged)"
     relabel_t = _crossing(suspicion, posterior, RELABEL_POSTERIOR)
-    expected = int(round(float(posterior.sum()))) if len(posterior) else 0
+    expected = round(float(posterior.sum())) if len(posterior) else 0
     if expected > 0:
         flag_t = float(np.sort(suspicion)[::-1][min(expected, len(suspicion)) - 1])
         method += ": estimated count"
@@ -303,7 +303,7 @@ class Scored:
             "threshold": round(self.decision.threshold, 6),
             "relabel_threshold": round(self.decision.relabel_threshold, 6),
             "threshold_method": self.decision.threshold_method,
-            "estimated_errors": int(round(float(self.p_wrong[free].sum()))),
+            "estimated_errors": round(float(self.p_wrong[free].sum())),
             "estimated_noise_rate": round(float(self.p_wrong[free].mean()), 4) if free.any() else 0.0,
             "estimated_noise_rate_per_class": per_class,
         }
@@ -338,7 +338,7 @@ def score(
         suspicion, posterior, strong = combined.suspicion.copy(), combined.p_wrong, combined.strong
         for name, p in combined.member_p_wrong.items():
             columns[f"{name}_p_wrong"] = p
-            member_errors[name] = int(round(float(p[free].sum())))
+            member_errors[name] = round(float(p[free].sum()))
         columns["strong_votes"] = combined.votes
     alt, share = alternative(belief, given)
     decision = decide(

@@ -149,7 +149,7 @@ def simulate_labels(
         if paths is None:
             raise ValueError(f"{kind} noise needs image paths")
         features = _pixel_features(paths)
-        count = int(round(rate * len(free)))
+        count = round(rate * len(free))
         if kind == "instance":
             probs = _softmax_regression(features, true, c, seed)
             other = probs.copy()

@@ -29,7 +29,7 @@ def main() -> None:
     for k in range(10):
         trusted[rng.choice(np.flatnonzero(truth == k), TRUSTED_PER_CLASS, replace=False)] = True
     candidates = np.flatnonzero(~trusted)
-    flipped = rng.choice(candidates, int(round(FLIP_RATE * n)), replace=False)
+    flipped = rng.choice(candidates, round(FLIP_RATE * n), replace=False)
     given = truth.copy()
     given[flipped] = (truth[flipped] + rng.integers(1, 10, len(flipped))) % 10
     annotator = rng.choice(["ann_a", "ann_b", "ann_c"], n)

@@ -13,8 +13,8 @@ from tests.conftest import FAST, tree_digest
 
 
 def _config(tiny, tmp_path, **kw):
-    base = dict(dataset=str(tiny.csv), trusted=str(tiny.trusted), out=str(tmp_path / "run"),
-                method="ce", backbone="test_tiny", epochs=4, batch_size=12, lr=0.1, image_size=12)
+    base = {"dataset": str(tiny.csv), "trusted": str(tiny.trusted), "out": str(tmp_path / "run"),
+                "method": "ce", "backbone": "test_tiny", "epochs": 4, "batch_size": 12, "lr": 0.1, "image_size": 12}
     return RunConfig(**{**base, **kw})
 
 
@@ -166,7 +166,7 @@ def test_cli_audit_review_export_round_trip(tiny, tmp_path, cli):
 )
 def test_cli_errors_are_one_line_with_exit_codes(tiny, tmp_path, cli, args, code, message):
     args = [a.format(tmp=tmp_path, csv=tiny.csv) for a in args]
-    got, out, err = cli(*args)
+    got, _out, err = cli(*args)
     assert got == code
     assert message in " ".join(err.replace("│", " ").split())
     assert "Traceback" not in err
@@ -175,7 +175,7 @@ def test_cli_errors_are_one_line_with_exit_codes(tiny, tmp_path, cli, args, code
 
 
 def test_no_trusted_set_says_so_once(tiny, tmp_path, cli):
-    code, out, err = cli("audit", tiny.csv, "--out", tmp_path / "r", *FAST)
+    code, _out, err = cli("audit", tiny.csv, "--out", tmp_path / "r", *FAST)
     assert code == 0
     assert err.count("no trusted set given") == 1
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

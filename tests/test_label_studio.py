@@ -128,7 +128,7 @@ def label_studio(dataset_and_run, tmp_path_factory):
     env = {**os.environ, "HOME": str(home), "LABEL_STUDIO_BASE_DATA_DIR": str(home / "data"),
            "LOCAL_FILES_SERVING_ENABLED": "true", "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
-    log = open(home / "server.log", "w")
+    log = open(home / "server.log", "w")  # noqa: SIM115  (open for the server's lifetime)
     proc = subprocess.Popen(
         [exe, "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port),
          "--data-dir", str(home / "data"), "--username", USER, "--password", PASSWORD],

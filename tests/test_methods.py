@@ -3,12 +3,11 @@
 import numpy as np
 import pandas as pd
 import pytest
-
-from labelclean.errors import UsageError
 import torch
 import torch.nn.functional as F
 
 from labelclean import RunConfig, audit
+from labelclean.errors import UsageError
 from labelclean.knn import FaissKnn
 from labelclean.methods import METHODS, Batch, TrainContext
 from labelclean.methods.mlnt import head_fast_logits, kl_mean_elements, synthetic_labels
@@ -20,9 +19,9 @@ META = [n for n in NAMES if n not in ("ce", "auto")]
 
 
 def _config(tiny, tmp_path, method, out="run", **kw):
-    base = dict(dataset=str(tiny.csv), trusted=str(tiny.trusted), out=str(tmp_path / out),
-                method=method, backbone="test_tiny", epochs=6, batch_size=12, lr=0.1,
-                image_size=12)
+    base = {"dataset": str(tiny.csv), "trusted": str(tiny.trusted), "out": str(tmp_path / out),
+                "method": method, "backbone": "test_tiny", "epochs": 6, "batch_size": 12, "lr": 0.1,
+                "image_size": 12}
     return RunConfig(**{**base, **kw})
 
 
@@ -40,7 +39,7 @@ def test_method_ranks_injected_flips_above_clean_samples(tiny, tmp_path, method)
 @pytest.mark.parametrize("method", NAMES)
 def test_method_resumes_to_the_same_state(tiny, tmp_path, monkeypatch, method):
     opts = {} if method == "ce" else {"warmup": 0.34}
-    cfg = dict(epochs=3, method_options=opts)
+    cfg = {"epochs": 3, "method_options": opts}
     full = audit(_config(tiny, tmp_path, method, out="full", **cfg)).scores
     cls = METHODS.get(method)
     original = cls.on_epoch_start
@@ -219,7 +218,7 @@ def test_auto_runs_one_teacher_forward_per_step_and_shares_it(view):
 
 
 def test_auto_refuses_an_unknown_second_view():
-    with pytest.raises(UsageError, match="auto.second_view: expected one of teacher, student"):
+    with pytest.raises(UsageError, match=r"auto\.second_view: expected one of teacher, student"):
         _context("auto", second_view="both")
 
 
@@ -265,7 +264,7 @@ def _flip_context(method, monkeypatch=None, n_per_class=24, seed=0):
     free = torch.where(~verified)[0]
 
     def steps(count=24):
-        for k in range(count):
+        for _k in range(count):
             rows = free[torch.randperm(len(free), generator=g)[:16]]
             batch = Batch(rows, pixels[rows], labels[rows], verified[rows],
                           pixels[rows] if m.num_views > 1 else None)

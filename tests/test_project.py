@@ -50,9 +50,9 @@ def test_no_import_cycles():
         state[node] = 1
         for dep in sorted(graph[node]):
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(path[path.index(dep):] + [dep]))
+                raise AssertionError("import cycle: " + " -> ".join([*path[path.index(dep):], dep]))
             if dep not in state:
-                visit(dep, path + [dep])
+                visit(dep, [*path, dep])
         state[node] = 2
 
     for node in sorted(graph):
@@ -86,8 +86,7 @@ def test_column_names_are_spelled_only_in_the_schema():
     from labelclean.run import schema
 
     names = {v for k, v in vars(schema).items() if k.isupper() and isinstance(v, str)
-             and v in schema.SCORE_COLUMNS + [schema.ABS_PATH, schema.LABEL_INDEX,
-                                              schema.TRUSTED_LABEL]}
+             and v in [*schema.SCORE_COLUMNS, schema.ABS_PATH, schema.LABEL_INDEX, schema.TRUSTED_LABEL]}
     names -= {"path", "rank", "source", "action", "verified"}  # also option names, summary keys
     allowed = {"run/schema.py", "choices.py"}
     found = []

@@ -54,7 +54,7 @@ def _dump_dom(browser: str, url: str, tmp_path, screenshot=None) -> str:
         args += [f"--screenshot={screenshot}", "--window-size=1280,1400"]
     else:
         args += ["--dump-dom"]
-    done = subprocess.run(args + [url], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([*args, url], capture_output=True, text=True, timeout=120)
     return done.stdout
 
 

@@ -7,8 +7,8 @@ import pytest
 from rich.console import Console
 
 from labelclean import RunConfig, audit
-from labelclean.export.decisions import import_decisions, load_decisions
 from labelclean.errors import ConfigError, DataError
+from labelclean.export.decisions import import_decisions, load_decisions
 from labelclean.export.label_studio import label_studio_config
 from labelclean.export.manifest import export_labels
 from labelclean.review.interactive import ReviewSession, require_tty
@@ -60,7 +60,7 @@ def test_export_with_decisions_writes_changes_and_promotes_trusted(run, tiny, tm
     session = ReviewSession(run.run_dir)
     keep_row = session.items.iloc[0]
     session.decide(keep_row, "keep", str(keep_row["given_label"]))
-    dest, changed, total = export_labels(run.run_dir, "csv", "relabel", None, tmp_path / "out.csv",
+    dest, changed, _total = export_labels(run.run_dir, "csv", "relabel", None, tmp_path / "out.csv",
                                          decisions=True, promote_trusted=tmp_path / "t2.csv")
     out = pd.read_csv(dest, dtype=str)
     changes = pd.read_csv(run.run_dir / "changes.csv", dtype=str)

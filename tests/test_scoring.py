@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -52,7 +54,7 @@ def test_no_separation_flags_nothing_and_user_threshold_wins():
 
 
 def test_relabel_needs_a_clear_alternative():
-    s, noisy = _bimodal()
+    s, _noisy = _bimodal()
     d = decide(s, np.zeros(len(s), bool))
     assert d.is_suspect.any() and not d.relabel.any()
 
@@ -85,7 +87,7 @@ def test_learning_rate_warms_up_then_decays_to_zero():
     lrs = [learning_rate(0.1, s, 100, 10) for s in range(101)]
     assert lrs[0] == pytest.approx(0.01) and lrs[9] == pytest.approx(0.1)
     assert lrs[100] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
 
 
 def test_crop_flip_is_a_per_sample_shift_or_mirror():
@@ -106,7 +108,7 @@ def test_overlapping_components_flag_the_estimated_count_for_review_only():
     rng = np.random.default_rng(0)
     s = 1 / (1 + np.exp(-np.concatenate([rng.normal(0.0, 0.5, 800), rng.normal(0.3, 0.5, 200)])))
     d = decide(s, np.ones(len(s), bool))
-    expected = int(round(d.posterior.sum()))
+    expected = round(d.posterior.sum())
     assert d.posterior.max() < 0.5  # the situation under test: no sample is likelier wrong
     assert d.is_suspect.sum() == expected > 0
     assert not d.relabel.any()
@@ -138,7 +140,7 @@ def test_members_on_different_scales_are_calibrated_before_they_are_averaged():
 
 
 def test_a_member_that_does_not_separate_adds_nothing_and_cannot_vote():
-    s, noisy = _bimodal(seed=2)
+    s, _noisy = _bimodal(seed=2)
     flat = np.full(len(s), 0.3)
     combined = combine_members({"a": s, "b": s, "flat": flat}, np.ones(len(s), bool))
     assert (combined.member_p_wrong["flat"] == 0).all()
@@ -160,7 +162,7 @@ def test_relabel_vote_needs_half_the_members():
 
 
 def test_score_decides_every_row_once_with_one_meaning_of_suggested():
-    s, noisy = _bimodal(n_clean=90, n_noisy=10, seed=4)
+    s, _noisy = _bimodal(n_clean=90, n_noisy=10, seed=4)
     n = len(s)
     given = np.zeros(n, dtype=int)
     belief = np.tile([0.2, 0.5, 0.3], (n, 1))  # argmax 1; best other than 0 is 1 too

@@ -211,7 +211,7 @@ def load_samples(
     """Read the dataset and the trusted set into one validated :class:`Samples` table."""
     inp = load_input(Path(dataset), path_column, label_column, id_column)
     labels = _label_strings(inp.frame[inp.label_column])
-    label_values = {}
+    label_values: dict[str, Any] = {}
     for s, v in zip(labels, inp.frame[inp.label_column]):
         label_values.setdefault(s, v)
     classes = sorted(set(labels), key=_natural_key)

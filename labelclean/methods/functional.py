@@ -49,7 +49,7 @@ def meta_gradient(
     }
     value = meta_loss(fast)
     outer = torch.autograd.grad(value, [fast[k] for k in names])
-    dot = sum((g * o).sum() for g, o in zip(inner, outer))
+    dot = torch.stack([(g * o).sum() for g, o in zip(inner, outer)]).sum()
     grads = torch.autograd.grad(-lr * dot, list(phi), allow_unused=True)
     out = [torch.zeros_like(p) if g is None else g for p, g in zip(phi, grads)]
     return out, value.detach(), {k: v.detach() for k, v in fast.items()}
@@ -57,7 +57,8 @@ def meta_gradient(
 
 def head_params(model: nn.Module) -> Params:
     """Detached leaf copies of the linear head (``weight``, ``bias``) that require grad."""
-    head = model.head
+    head = model.get_submodule("head")
+    assert isinstance(head, nn.Linear)
     return {"weight": head.weight.detach().clone().requires_grad_(True),
             "bias": head.bias.detach().clone().requires_grad_(True)}
 

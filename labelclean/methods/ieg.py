@@ -134,7 +134,7 @@ class IEG(MetaMethod):
             t = lam0 * onehot + (1 - lam0) * g
             zt = linear(theta, hd)
             omega = torch.full((b,), 1.0 / b, device=z.device)
-            assert shared.h_ref is not None
+            assert shared.h_ref is not None and y_ref is not None
             a = head_meta_sensitivity(theta, (omega * per_sample_soft_ce(zt, t)).sum(), eta, hd,
                                       shared.h_ref, y_ref, shift=self._shift(theta, live))
             return ieg_head_grads(zt.detach().softmax(1), t, onehot, g, omega, a, eta)
@@ -207,6 +207,7 @@ class IEG(MetaMethod):
         loss = 0.5 * per_sample_soft_ce(z, target).mean()
         loss = loss + 0.5 * (weights * per_sample_soft_ce(z, WEIGHTED_TARGET_GIVEN * onehot + (1 - WEIGHTED_TARGET_GIVEN) * g)).sum()
         if self.options.mixup:
+            assert x_ref is not None and y_ref is not None
             loss = loss + self.mixup_loss(batch, g, x_ref, y_ref)
         if consistency:
             q = z.detach().softmax(1)

@@ -197,8 +197,9 @@ class MetaMethod(Method):
             return head_params(self.context.model)
         return dict(self.context.model.named_parameters())
 
-    def meta_ce(self, x_ref: Tensor, h_ref: Tensor | None, y_ref: Tensor) -> Any:
+    def meta_ce(self, x_ref: Tensor | None, h_ref: Tensor | None, y_ref: Tensor | None) -> Any:
         """The meta loss ``θ̂ -> mean CE`` on the reference batch, in the method's scope."""
+        assert x_ref is not None and y_ref is not None, "no reference batch"
         if self.scope == "head":
             assert h_ref is not None
             return lambda fast: F.cross_entropy(linear(fast, h_ref), y_ref)
@@ -245,5 +246,5 @@ class MetaMethod(Method):
             notes.append(f"{self.name}: reference set selected by low loss after warm-up "
                          f"({len(self.reference)} samples), not verified")
         return {"reference_source": self.reference_source,
-                "reference_size": int(len(self.reference)), "warmup_epochs": self.warmup_epochs,
+                "reference_size": len(self.reference), "warmup_epochs": self.warmup_epochs,
                 "meta_scope": self.scope, "notes": notes}

@@ -260,10 +260,10 @@ class MLNT(MetaMethod):
         if self.in_warmup or self.iteration < 0:
             return
         _, d = self._schedule()  # ctx.step has not advanced since training_step
-        for t, s in zip(self.teacher.parameters(), self.context.model.parameters()):
-            t.mul_(d).add_(s.detach(), alpha=1 - d)
-        for t, s in zip(self.teacher.buffers(), self.context.model.buffers()):
-            t.copy_(s)
+        for tp, sp in zip(self.teacher.parameters(), self.context.model.parameters()):
+            tp.mul_(d).add_(sp.detach(), alpha=1 - d)
+        for tb, sb in zip(self.teacher.buffers(), self.context.model.buffers()):
+            tb.copy_(sb)
 
     def evidence(self) -> Evidence:
         ctx = self.context

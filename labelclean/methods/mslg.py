@@ -102,7 +102,7 @@ class MSLG(MetaMethod):
         alpha = float(self.options.alpha)
         x_ref, y_ref, h_ref = shared.x_ref, shared.y_ref, shared.h_ref
         if self.scope == "head":
-            assert h_ref is not None
+            assert h_ref is not None and y_ref is not None
             theta, logits = self.virtual_inputs(h, z)
             a = head_meta_sensitivity(theta, kl_mean(logits(), soft), alpha, h.detach(), h_ref, y_ref)
             return mslg_head_label_grad(z.detach().softmax(1), a, alpha)

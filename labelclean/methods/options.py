@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 from labelclean.errors import UsageError
 
-O = TypeVar("O", bound="MethodOptions")
+OptionsT = TypeVar("OptionsT", bound="MethodOptions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +28,7 @@ class MethodOptions:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def parse(cls: type[O], raw: dict[str, Any], where: str) -> O:
+    def parse(cls: type[OptionsT], raw: dict[str, Any], where: str) -> OptionsT:
         """Build from ``raw`` (names to JSON or text values); ``where`` names the method."""
         hints = typing.get_type_hints(cls)
         known = cls.names()

@@ -135,7 +135,7 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
                          "rate": float(rates.get(name, 0.0)), "pairs": pairs})
 
     data = {"cards": cards, "thumbs": {k: v for k, v in thumbs.items() if v}, "classes": run.classes,
-            "flagged": int(len(flagged)), "shown": len(cards)}
+            "flagged": len(flagged), "shown": len(cards)}
     summary_rows = [
         ("method", summary.get("method")), ("samples scored", summary.get("samples_scored")),
         ("verified (trusted)", summary.get("verified")), ("skipped", summary.get("skipped")),

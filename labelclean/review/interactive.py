@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.text import Text
-
 from rich.markup import escape
+from rich.text import Text
 
 from labelclean.data.images import load_image
 from labelclean.errors import ConfigError
