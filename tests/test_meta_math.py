@@ -117,7 +117,7 @@ def test_ieg_weight_and_relabel_closed_forms_match_autograd():
 
 
 def test_detached_inner_gradient_gives_no_meta_gradient():
-    """V1 of METHODS.md: the meta-parameters reach the meta loss only through ∇θ L_train."""
+    """docs/methods.md, "Notation": the meta-parameters reach the meta loss only through ∇θ L_train."""
     theta, h, y, h_ref, y_ref, _ = _problem(2)
     s = (torch.eye(3) * 2).requires_grad_(True)
     inner = torch.autograd.grad(corrected_nll(linear(theta, h), s.softmax(1), y), list(theta.values()))

@@ -1,6 +1,6 @@
 """Pure tensor math for the meta-learning methods: virtual steps and meta-gradients.
 
-Notation follows ``METHODS.md``: a virtual SGD step ``θ̂ = θ − α (∇θ L_train(θ, φ) + s)``
+Notation follows docs/methods.md: a virtual SGD step ``θ̂ = θ − α (∇θ L_train(θ, φ) + s)``
 (``s`` a constant shift such as a momentum term), and a meta loss ``L_meta(θ̂)`` on trusted
 data. For the meta-parameters ``φ`` (MLC's T, MSLG's label logits, IEG's ω and λ) the exact
 meta-gradient of one step is
@@ -9,10 +9,10 @@ meta-gradient of one step is
 
 which needs only mixed second derivatives (one double-backward), never a full Hessian and
 never a graph through the meta forward. If ``∇θ L_train`` were detached this would be zero
-(check V1 in METHODS.md), so the inner gradient is always taken with ``create_graph=True``.
+(docs/methods.md, "Notation"), so the inner gradient is always taken with ``create_graph=True``.
 
 For a linear head ``z = W h + b`` with ``(G, g_b) = ∇_{W,b} L_meta(θ̂)`` and
-``a_i = G h_i + g_b`` the closed forms of METHODS.md section 4/3 follow; they are tested
+``a_i = G h_i + g_b`` the closed forms of docs/methods.md (MSLG, IEG) follow; they are tested
 against :func:`meta_gradient` and finite differences.
 """
 

@@ -73,7 +73,7 @@ class IEG(MetaMethod):
     ``t_i = λ_i e_ỹ + (1−λ_i) g_i``, η=0.1 and the optimizer's momentum buffer ``m`` (μ=0.9,
     zeros when empty), as the code does; ``ω ∝ max(−∂L_meta/∂ω, 0)``, ``λ_i = [∂L_meta/∂λ_i < 0]``;
     then the real step on ``½ mean CE(λe + (1−λ)g, z) + ½ Σ ω CE(0.9e + 0.1g, z)``.
-    ``head`` scope uses the closed forms of METHODS.md; ``full`` the exact second-order
+    ``head`` scope uses the closed forms of docs/methods.md; ``full`` the exact second-order
     gradients. MixUp with the trusted batch (``mixup``, p=5) and KL consistency between views
     (``consistency``, k=20) are switches, off by default: on a CPU they cost ~3x and ~1.3x,
     and the code's own default of p>0 only exists to compute g, which is done separately here.

@@ -77,7 +77,7 @@ class MLC(MetaMethod):
     ``mode="persistent"`` (default, the paper's global T): ``T = row_softmax(S)`` with S
     initialised to a strong diagonal (``diag_init``), corrected loss ``−log (Tᵀ f)_ỹ``, and S
     updated by ``meta_lr`` times the meta-gradient normalised to unit RMS (the softmax
-    parametrisation keeps T a row-stochastic matrix, which METHODS.md recommends over
+    parametrisation keeps T a row-stochastic matrix, which docs/methods.md explains, over
     clamping a persistent T; the normalisation makes the step size independent of the
     gradient's scale, which shrinks with the learning rate). ``mode="reset"`` follows the
     official code: T reset to I every step, logits multiplied by T, ``T ← max(T − 0.11 ∇, 0)``
@@ -90,7 +90,7 @@ class MLC(MetaMethod):
     with the corrected loss (an estimate of the clean posterior). ``meta_lr`` is small
     (0.002): on the sample digits larger steps let single rows of a persistent T drift far
     from the truth (0.05 gave a 61% off-diagonal entry where the truth is under 1%), the
-    instability METHODS.md reports. In ``reset`` mode the per-step T stays within 1e-5 of I,
+    instability docs/methods.md records. In ``reset`` mode the per-step T stays within 1e-5 of I,
     which would make every posterior certain, so that mode scores with f itself.
     """
 

@@ -67,7 +67,7 @@ class MSLG(MetaMethod):
     meta CE on a trusted batch, ``yᵈ ← yᵈ − β ∂L_meta/∂yᵈ``, then the real step on
     ``KL(f‖softmax(yᵈ_new)) + γ·entropy(f)`` (γ=1). β defaults to the code's CIFAR-10 value
     (4000 at B=128, C=10) and is rescaled ``β ∝ B·C/α`` to keep the per-sample step
-    ``βα/(BC)`` (METHODS.md) when batch size or class count differ.
+    ``βα/(BC)`` (docs/methods.md) when batch size or class count differ.
 
     In ``head`` scope the label gradient is the closed form
     ``α/(BC) · f_ik (a_ik − Σ_j f_ij a_ij)``; in ``full`` scope the exact second-order
@@ -78,7 +78,7 @@ class MSLG(MetaMethod):
     ``mslg_soft_off_given``.
 
     Scores (deviation): the belief is the mean of the soft label ``softmax(yᵈ_i)`` and the
-    model's mean training-time prediction (METHODS.md's secondary signal), suspicion
+    model's mean training-time prediction (docs/methods.md), suspicion
     ``1 − belief[ỹ_i]``, suggestion ``argmax belief``. On easy data the meta loss on held-out
     trusted images is small and the soft labels of 24 post-warm-up visits move by ~1e-4 from
     their K=10 start (measured on the sample digits), so soft-label mass alone ranks no
