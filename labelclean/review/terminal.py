@@ -23,7 +23,7 @@ def print_suspects(console: Console, rows: pd.DataFrame, title: str) -> None:
     table = Table(title=escape(title), title_justify="left")
     width = int(rows[S.SAMPLE_ID].str.len().max()) if len(rows) else 9
     table.add_column("rank", justify="right", no_wrap=True)
-    table.add_column(S.SAMPLE_ID, no_wrap=True, min_width=min(width, 60), overflow="fold")
+    table.add_column(S.SAMPLE_ID, min_width=min(width, 32), overflow="fold")
     for name in ("given", "suggested"):
         table.add_column(name, overflow="fold")
     table.add_column(S.P_WRONG, justify="right", no_wrap=True)

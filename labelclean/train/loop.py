@@ -13,6 +13,7 @@ Where each method hook fires is documented in :mod:`labelclean.methods.base`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -121,7 +122,8 @@ def train(
     start_epoch = 0
     checkpoint = run_dir / CHECKPOINT
     if config.resume and checkpoint.is_file():
-        start_epoch, ctx.step = _load_checkpoint(checkpoint, config, model, optimizer, method, generator)
+        start_epoch, ctx.step = _load_checkpoint(checkpoint, config, model, optimizer, method, generator,
+                                                 data_fingerprint(sample_ids, labels, verified))
         reporter.notice(f"resuming from {checkpoint} after epoch {start_epoch}")
     elif config.resume:
         reporter.notice(f"--resume: no checkpoint in {run_dir}; starting from the beginning")
@@ -162,11 +164,24 @@ def train(
                 advance(1)
             method.on_epoch_end(epoch)
             _save_checkpoint(checkpoint, config, model, optimizer, method, generator, epoch + 1,
-                             ctx.step)
+                             ctx.step, data_fingerprint(sample_ids, labels, verified))
     seconds = time.perf_counter() - started
     model.eval()
     evidence = method.evidence()
     return TrainResult(model, evidence, config.epochs, ctx.step, seconds, seen, start_epoch)
+
+
+def data_fingerprint(sample_ids: list[str], labels: torch.Tensor, verified: torch.Tensor) -> str:
+    """A hash of what training sees of the data: ids, training labels and the verified mask.
+
+    A resume after the labels or the trusted set changed would mix evidence from two versions
+    of the data; the checkpoint stores this hash and a resume compares it.
+    """
+    digest = hashlib.sha256()
+    digest.update("\0".join(sample_ids).encode("utf-8", "surrogateescape"))
+    digest.update(labels.cpu().numpy().astype("int64").tobytes())
+    digest.update(verified.cpu().numpy().astype("bool").tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _save_checkpoint(
@@ -178,9 +193,11 @@ def _save_checkpoint(
     generator: torch.Generator,
     epoch: int,
     step: int,
+    data: str,
 ) -> None:
     state = {
         "fingerprint": config.fingerprint(),
+        "data_fingerprint": data,
         "epoch": epoch,
         "step": step,
         "model": model.state_dict(),
@@ -198,6 +215,7 @@ def _load_checkpoint(
     optimizer: torch.optim.Optimizer,
     method: Method,
     generator: torch.Generator,
+    data: str,
 ) -> tuple[int, int]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -207,6 +225,11 @@ def _load_checkpoint(
         raise ConfigError(
             f"{path}: checkpoint was made with different settings; resume with the same "
             "dataset and options, or choose a new --out"
+        )
+    if state.get("data_fingerprint") != data:
+        raise ConfigError(
+            f"{path}: the labels, the trusted set or the samples changed since this checkpoint; "
+            "resuming would mix evidence from both versions: start a new run (--overwrite)"
         )
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
