@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -35,6 +37,10 @@ class Reporter:
     def task(self, description: str, total: int) -> Iterator[Advance]:
         yield _ignore
 
+    def epoch(self, epoch: int, epochs: int, loss: float, images_per_second: float,
+              seconds_left: float) -> None:
+        """One training epoch finished (``epoch`` counts from 1)."""
+
 
 class RichReporter(Reporter):
     """Progress bars and notices on stderr (results stay on stdout)."""
@@ -46,12 +52,25 @@ class RichReporter(Reporter):
 
     def notice(self, message: str) -> None:
         super().notice(message)
-        self.console.print(f"[yellow]note:[/yellow] {message}", highlight=False, soft_wrap=True)
+        self.console.print(f"[yellow]note:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+
+    def _line(self, text: str) -> None:
+        self.console.print(escape(text), highlight=False, soft_wrap=True)
+
+    def epoch(self, epoch: int, epochs: int, loss: float, images_per_second: float,
+              seconds_left: float) -> None:
+        if not self.show_progress:  # a bar shows this on a terminal
+            self._line(f"epoch {epoch}/{epochs}: loss {loss:.4f}, {images_per_second:.0f} img/s, "
+                       f"about {seconds_left:.0f}s left")
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
         if not self.show_progress:
+            # Off a terminal (CI, nohup, a pipe): one plain line per stage instead of a bar.
+            started = time.perf_counter()
+            self._line(f"{description}: {total} steps")
             yield _ignore
+            self._line(f"{description}: done in {time.perf_counter() - started:.1f}s")
             return
         columns = (
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

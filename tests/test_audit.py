@@ -202,3 +202,22 @@ def test_a_csv_only_run_reads_back_with_the_schema_types(tiny, tmp_path):
     assert int(scores["is_suspect"].sum()) == result.summary["flagged"]  # "False" is not flagged
     pd.testing.assert_frame_equal(run.suspects(), with_parquet, check_dtype=False)
     assert (scores["image_path"].map(lambda p: Path(p).is_absolute())).all()
+
+
+def test_off_a_terminal_each_stage_and_epoch_prints_one_plain_line(tiny, tmp_path, cli):
+    code, _, err = cli("audit", tiny.csv, "--out", tmp_path / "r", *FAST)
+    assert code == 0, err
+    assert "decoding images: done in" in err and "epoch 4/4: loss" in err and "img/s" in err
+    code, out, err = cli("audit", tiny.csv, "--out", tmp_path / "q", "--quiet", "--format", "json", *FAST)
+    assert code == 0 and err == ""
+    assert json.loads(out)["flagged"] >= 0 and "scores_schema_version" in json.loads(out)
+
+
+def test_review_lists_suspects_in_rank_order_and_json_keeps_slashes(tiny, tmp_path, cli):
+    assert cli("audit", tiny.root, "--trusted", tiny.trusted, "--out", tmp_path / "r", *FAST)[0] == 0
+    code, out, _ = cli("review", tmp_path / "r", "--all", "--top", "0", "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+    assert "\\/" not in out and "/" in rows[0]["sample_id"]
+    code, out, _ = cli("review", tmp_path / "r", "--sort", "bogus")
+    assert code == 2 and "bogus" in _

@@ -103,3 +103,8 @@ def test_column_names_are_spelled_only_in_the_schema():
                     and id(node) not in docstrings):
                 found.append(f"{rel}:{node.lineno} {node.value!r}")
     assert not found, found
+
+
+def test_the_declared_licence_ships_its_text():
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()
+    assert "Apache License" in (ROOT / "LICENSE").read_text()[:200]

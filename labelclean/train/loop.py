@@ -134,6 +134,7 @@ def train(
     with reporter.task(f"training ({method.name})", total - ctx.step) as advance:
         for epoch in range(start_epoch, config.epochs):
             ctx.epoch = epoch
+            epoch_started, epoch_loss, epoch_steps, epoch_seen = time.perf_counter(), 0.0, 0, seen
             method.on_epoch_start(epoch)
             pool = method.training_rows()
             if pool is None:
@@ -161,8 +162,14 @@ def train(
                 method.after_step(batch)
                 ctx.step += 1
                 seen += len(rows)
+                epoch_loss += float(loss.detach())
+                epoch_steps += 1
                 advance(1)
             method.on_epoch_end(epoch)
+            took = time.perf_counter() - epoch_started
+            reporter.epoch(epoch + 1, config.epochs, epoch_loss / max(1, epoch_steps),
+                           (seen - epoch_seen) / max(took, 1e-9),
+                           took * (config.epochs - epoch - 1))
             _save_checkpoint(checkpoint, config, model, optimizer, method, generator, epoch + 1,
                              ctx.step, data_fingerprint(sample_ids, labels, verified))
     seconds = time.perf_counter() - started
