@@ -30,14 +30,23 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Average precision of the ranking by descending ``scores``; NaN without positives."""
+    """Average precision of the ranking by descending ``scores``; NaN without positives.
+
+    ``Σ_k (R_k − R_{k−1}) P_k`` over the distinct score thresholds, as scikit-learn computes
+    it: tied samples enter the ranking together, so the order of rows within a tie never
+    changes the result.
+    """
     positive = np.asarray(positive, dtype=bool)
     if positive.sum() == 0:
         return float("nan")
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    hits = positive[order]
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].mean())
+    values = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-values, kind="stable")
+    ranked, hits = values[order], positive[order]
+    tp = np.cumsum(hits)
+    last = np.r_[ranked[1:] != ranked[:-1], True]  # the end of each group of tied scores
+    tp_at, seen_at = tp[last], np.flatnonzero(last) + 1
+    gain = np.diff(np.r_[0, tp_at]) / positive.sum()
+    return float((tp_at / seen_at * gain).sum())
 
 
 def precision_recall_f1(flagged: np.ndarray, positive: np.ndarray) -> dict[str, float]:

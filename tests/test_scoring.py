@@ -190,3 +190,12 @@ def test_threshold_flags_never_flag_verified_rows():
     assert flags.tolist() == [True, False, False]
     with pytest.raises(ValueError):
         threshold_flags(np.zeros(1), np.zeros(1, bool), 1.5)
+
+
+def test_average_precision_ignores_row_order_within_ties():
+    scores = np.array([0.9, 0.5, 0.5, 0.1])
+    a = average_precision(scores, np.array([True, False, True, False]))
+    b = average_precision(scores, np.array([True, True, False, False]))
+    assert a == b == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)  # scikit-learn's value for both
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([True, False, True])) == (
+        pytest.approx((1 + 2 / 3) / 2))
