@@ -37,7 +37,7 @@ from labelclean.run.writer import (
     write_scores,
     write_transition,
 )
-from labelclean.scoring import Evidence, score, transition_from_labels
+from labelclean.scoring import Evidence, Scored, score, transition_from_labels
 from labelclean.train import train
 from labelclean.version import __version__
 
@@ -317,7 +317,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     return AuditResult(run_dir, scores, summary, config, transition, reporter.notices)
 
 
-def _transition(evidence: Evidence, samples: Samples, scored: Any) -> tuple[pd.DataFrame, str]:
+def _transition(evidence: Evidence, samples: Samples, scored: Scored) -> tuple[pd.DataFrame, str]:
     """The method's learned T, else the one implied by the decisions (true = final label)."""
     given = samples.table[S.LABEL_INDEX].to_numpy()
     if evidence.transition is not None:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from labelclean import RunConfig, audit
-from labelclean.errors import ConfigError
+from labelclean.errors import ConfigError, DataError
 from labelclean.export.decisions import import_decisions, load_decisions
 from labelclean.export.manifest import export_labels
 from tests.conftest import FAST
@@ -121,11 +121,11 @@ def test_a_failed_run_can_be_rerun_into_the_same_out(tiny, tmp_path):
     for name in ("s003", "s004", "s005", "s006"):  # 4 of 48 unreadable: more than 5%
         next(tiny.root.rglob(f"{name}.png")).write_bytes(b"broken")
     cfg = _folder_config(tiny.root, tiny.trusted, tmp_path / "run")
-    with pytest.raises(Exception, match="unreadable"):
+    with pytest.raises(DataError, match="unreadable"):
         audit(cfg)
     assert not (tmp_path / "run" / "config.json").exists()
     assert not list((tmp_path / "run").glob(".*.tmp"))
-    with pytest.raises(Exception, match="unreadable"):  # the same error, not "holds an earlier run"
+    with pytest.raises(DataError, match="unreadable"):  # the same error, not "holds an earlier run"
         audit(cfg)
 
 

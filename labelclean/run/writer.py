@@ -8,7 +8,6 @@ resolve from the written file's folder; the files they name never change.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,9 +46,6 @@ def clear_run(run_dir: Path, keep: set[Path]) -> None:
     for p in run_files(run_dir):
         if p.resolve() not in keep:
             p.unlink()
-    cache = run_dir / "cache"
-    if cache.is_dir():
-        shutil.rmtree(cache)
 
 
 def rewrite_paths(values: pd.Series, from_dir: Path, to_dir: Path) -> pd.Series:
@@ -73,8 +69,8 @@ def scores_frame(samples: Samples, scored: Scored, columns: dict[str, np.ndarray
     """The ``scores`` table: the schema's columns, then each method's evidence columns."""
     table = samples.table
     classes = np.array(samples.classes, dtype=object)
-    rank = pd.array(np.where(scored.rank > 0, scored.rank, 0), dtype="Int64")
-    rank[scored.rank == 0] = pd.NA
+    rank = pd.array(scored.rank, dtype="Int64")
+    rank[scored.rank == 0] = pd.NA  # verified rows have no rank
     frame = pd.DataFrame({
         S.SAMPLE_ID: table[S.SAMPLE_ID].to_numpy(),
         S.PATH: table[S.PATH].to_numpy(),
