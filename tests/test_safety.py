@@ -163,3 +163,35 @@ def test_labels_that_look_like_rich_markup_print_as_text(tmp_path, cli):
     assert "[/x]" in out or "[bold]" in out
     code, out, err = cli("review", tmp_path / "run", "--format", "json", "--all", "--top", "1")
     assert code == 0 and "\\/" not in out and json.loads(out)[0]["given_label"] in ("[bold]", "[/x]")
+
+
+@pytest.mark.parametrize("n", [2, 3, 10])
+def test_tiny_datasets_audit_with_the_default_method(tmp_path, n):
+    from PIL import Image
+
+    for i in range(n):
+        path = tmp_path / "ds" / "ab"[i % 2] / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (30 + 20 * i, 90, 90)).save(path)
+    result = audit(RunConfig(dataset=str(tmp_path / "ds"), out=str(tmp_path / "run"),
+                             backbone="test_tiny", epochs=3, image_size=8, report=False))
+    assert len(result.scores) == n and result.scores["p_wrong"].notna().all()
+
+
+def test_a_fully_verified_dataset_audits_and_applies_the_verified_labels(tiny, tmp_path):
+    truth = tiny.truth
+    full = tmp_path / "all.csv"
+    pd.DataFrame({"path": [str(tiny.csv.parent / p) for p in truth["path"]],
+                  "label": truth["true"]}).to_csv(full, index=False)
+    result = audit(RunConfig(dataset=str(tiny.csv), trusted=str(full), out=str(tmp_path / "run"),
+                             backbone="test_tiny", epochs=3, batch_size=12, image_size=12,
+                             report=False))
+    assert result.scores["verified"].all()
+    corrected = pd.read_csv(result.run_dir / "corrected.csv")
+    wrong = corrected["label"] != truth["true"]
+    assert wrong.sum() == len(tiny.flipped)
+    assert (corrected.loc[wrong, "suggested_label"] == truth.loc[wrong, "true"]).all()
+    assert (corrected["action"] == "verified").all()
+    written, changed, _ = export_labels(result.run_dir)
+    assert changed == len(tiny.flipped)
+    assert (pd.read_csv(written)["label"] == truth["true"]).all()

@@ -141,7 +141,7 @@ class Auto(MetaMethod):
 
     def training_step(self, batch: Batch) -> Tensor:
         h, z = self.forward(batch)
-        if self.in_warmup:
+        if self.plain_step:
             for m in self.members.values():
                 m.observe_warmup(batch, z, z)  # one view during the CE warm-up
             return F.cross_entropy(z, batch.y)

@@ -163,7 +163,7 @@ class IEG(MetaMethod):
     def training_step(self, batch: Batch) -> Tensor:
         h, z = self.forward(batch)
         z2 = self.second_view(batch)
-        if self.in_warmup:
+        if self.plain_step:
             self.record_pseudo(batch, z, z2)
             return F.cross_entropy(z, batch.y)
         shared = self.shared_inputs(batch)

@@ -69,6 +69,10 @@ class MetaOptions(MethodOptions):
         check(self.reference_batch >= 0, f"reference_batch: expected >= 0, found {self.reference_batch}")
 
 
+#: Fewer rows than this outside the reference set (a tiny or fully verified dataset) and the
+#: reference set trains too: holding it out would leave nothing, or one batch, to learn from.
+MIN_HELD_OUT_POOL = 8
+
 #: Shared per-step inputs a method can declare in :attr:`MetaMethod.shared_needs`.
 SHARED_INPUTS = ("reference", "second_view", "teacher_target")
 
@@ -93,11 +97,17 @@ class MetaMethod(Method):
         if not len(verified) and self.warmup_epochs == 0:
             self.warmup_epochs = 1 if ctx.epochs > 1 else 0
         self.scope = ctx.config.meta_scope
+        self._told_pool = False
 
     # -- phases -------------------------------------------------------------------------
     @property
     def in_warmup(self) -> bool:
         return self.context.epoch < self.warmup_epochs
+
+    @property
+    def plain_step(self) -> bool:
+        """Train with plain cross-entropy this step: in warm-up, or with no reference set."""
+        return self.in_warmup or len(self.reference) == 0
 
     def on_epoch_start(self, epoch: int) -> None:
         if self.reference_source == "pending" and epoch >= self.warmup_epochs:
@@ -113,13 +123,19 @@ class MetaMethod(Method):
         rows = []
         for c in range(ctx.num_classes):
             members = torch.where(labels == c)[0]
-            rows.append(members[torch.argsort(loss[members], stable=True)[:k]])
+            # At most half of a class: the rest must stay in training to be audited.
+            take = min(k, len(members) // 2)
+            rows.append(members[torch.argsort(loss[members], stable=True)[:take]])
         self.reference = torch.cat(rows)
         self.reference_source = "selected"
+        if not len(self.reference):
+            ctx.notice(f"{self.name}: no trusted set and too few samples per class to pick a "
+                       "reference set; it trains as plain cross-entropy")
+            return
         ctx.notice(
             f"{self.name}: no trusted set, so the {k} lowest-loss samples per class after "
-            f"warm-up ({len(self.reference)} in all) serve as its reference set; they are "
-            "not verified labels"
+            f"warm-up (at most half of a class; {len(self.reference)} in all) serve as its "
+            "reference set; they are not verified labels"
         )
 
     def training_rows(self) -> Tensor | None:
@@ -132,11 +148,19 @@ class MetaMethod(Method):
             return None
         keep = torch.ones(self.context.num_samples, dtype=torch.bool)
         keep[self.reference] = False
-        return torch.where(keep)[0]
+        pool = torch.where(keep)[0]
+        if len(pool) < MIN_HELD_OUT_POOL:
+            if not self._told_pool:
+                self._told_pool = True
+                self.context.notice(
+                    f"{self.name}: only {len(pool)} rows are outside its reference set, so it "
+                    "trains on the reference set too (its meta-gradients are weaker)")
+            return None
+        return pool
 
     def training_step(self, batch: Batch) -> Tensor:
         h, z = self.forward(batch)
-        if self.in_warmup:
+        if self.plain_step:
             return F.cross_entropy(z, batch.y)
         return self.step_loss(batch, h, z, self.shared_inputs(batch))
 
@@ -153,7 +177,7 @@ class MetaMethod(Method):
     # -- hooks a combining method (``auto``) uses instead of knowing its members --------
     def ready(self) -> bool:
         """Whether :meth:`step_loss` applies this step (after warm-up, by default)."""
-        return not self.in_warmup
+        return not self.plain_step
 
     def observe_warmup(self, batch: Batch, z: Tensor, z2: Tensor) -> None:
         """See a warm-up batch's logits (``z2``: the second view's); records nothing by default."""
