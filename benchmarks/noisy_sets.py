@@ -77,7 +77,7 @@ def kfold_probs(manifest: Path, labels: list[str], classes: list[str], k: int, e
     frame = pd.read_csv(manifest, dtype=str)
     paths = [str((manifest.parent / p).resolve()) for p in frame["path"]]
     size = fit_image_size(paths, "small_cnn")
-    pixels, _ = decode_images(paths, size)
+    pixels = decode_images(paths, size).pixels
     index = {c: i for i, c in enumerate(classes)}
     y = torch.tensor([index[v] for v in labels])
     n = len(y)

@@ -70,6 +70,7 @@ def audit(
     backbone: Annotated[C.Backbone, typer.Option(help="Backbone network (test_tiny: for tests only).")] = "small_cnn",
     weights: Annotated[Optional[str], typer.Option(help="'imagenet' (torchvision) or a local checkpoint path.")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size (default: fit to data).")] = None,
+    max_image_pixels: Annotated[Optional[int], typer.Option(help="Skip images with more pixels (decompression-bomb guard; default: Pillow's limit, about 179 million; 0: no limit).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: fit to data size).")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default: 128, less for tiny sets).")] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, cosine decay).")] = 0.05,
@@ -100,7 +101,7 @@ def audit(
     config = RunConfig(
         dataset=str(dataset), trusted=str(trusted) if trusted else None,
         out=str(out_dir) if out_dir else None, method=method, backbone=backbone, weights=weights,
-        image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
+        image_size=image_size, max_image_pixels=max_image_pixels, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
         seed=seed, path_column=path_column, label_column=label_column, id_column=id_column,
         threshold=threshold, meta_scope=meta_scope, method_options=_parse_options(option or []),
         strict=strict, resume=resume, overwrite=overwrite, device=device, report=report,

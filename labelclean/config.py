@@ -34,6 +34,8 @@ class RunConfig:
     backbone: str = "small_cnn"
     weights: str | None = None
     image_size: int | None = None
+    #: Skip images with more pixels (a decompression-bomb guard); None: Pillow's limit, 0: none.
+    max_image_pixels: int | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float = 0.05
@@ -59,6 +61,8 @@ class RunConfig:
         checks = [
             (self.image_size is None or 8 <= self.image_size <= MAX_IMAGE_SIZE,
              f"--image-size: expected 8 to {MAX_IMAGE_SIZE}, found {self.image_size}"),
+            (self.max_image_pixels is None or self.max_image_pixels >= 0,
+             f"--max-image-pixels: expected >= 0 (0: no limit), found {self.max_image_pixels}"),
             (self.epochs is None or self.epochs >= 1, f"--epochs: expected >= 1, found {self.epochs}"),
             (self.batch_size is None or self.batch_size >= 2,
              f"--batch-size: expected >= 2, found {self.batch_size}"),

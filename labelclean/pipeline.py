@@ -22,7 +22,7 @@ from PIL import Image
 
 from labelclean.config import RunConfig
 from labelclean.data.dataset import Samples, load_samples, raise_problems
-from labelclean.data.images import decode_images
+from labelclean.data.images import DEFAULT_MAX_PIXELS, LARGE_PIXELS, check_cache_memory, decode_images
 from labelclean.errors import ConfigError, DataError
 from labelclean.io import write_json, write_table
 from labelclean.methods import METHODS, Method
@@ -237,8 +237,14 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     assert config.image_size is not None
 
     t0 = time.perf_counter()
+    check_cache_memory(len(samples), config.image_size)
+    limit = DEFAULT_MAX_PIXELS if config.max_image_pixels is None else config.max_image_pixels
     with reporter.task("decoding images", len(samples)) as advance:
-        pixels, failures = decode_images(samples.table[S.ABS_PATH].tolist(), config.image_size, advance)
+        pixels, failures, large = decode_images(samples.table[S.ABS_PATH].tolist(),
+                                                config.image_size, advance, max_pixels=limit)
+    if large:
+        reporter.notice(f"{large} image(s) above {LARGE_PIXELS:,} pixels were decoded (JPEGs at a "
+                        "reduced scale); each needs its full size in memory while it decodes")
     keep = _handle_failures(samples, failures, config.strict, run_dir, reporter)
     all_samples = samples
     samples = samples.subset(keep)

@@ -99,7 +99,7 @@ class Simulation:
 
 
 def _pixel_features(paths: list[str], size: int = 12) -> np.ndarray:
-    pixels, failures = decode_images(paths, size)
+    pixels, failures, _ = decode_images(paths, size)
     if failures:
         i, reason = next(iter(failures.items()))
         raise DataError(f"{paths[i]}: {reason} (simulate needs every image readable)")

@@ -143,6 +143,6 @@ def test_decode_reports_missing_and_corrupt_files(tmp_path):
     good = tmp_path / "good.png"
     Image.new("RGB", (5, 5)).save(good)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
-    pixels, failures = decode_images([str(good), str(tmp_path / "none.png"), str(tmp_path / "bad.png")], 6)
+    pixels, failures, _ = decode_images([str(good), str(tmp_path / "none.png"), str(tmp_path / "bad.png")], 6)
     assert pixels.shape == (3, 3, 6, 6)
     assert failures == {1: "file not found", 2: "not a readable image"}

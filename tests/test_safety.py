@@ -195,3 +195,102 @@ def test_a_fully_verified_dataset_audits_and_applies_the_verified_labels(tiny, t
     written, changed, _ = export_labels(result.run_dir)
     assert changed == len(tiny.flipped)
     assert (pd.read_csv(written)["label"] == truth["true"]).all()
+
+
+def _two_class_folder(root, n=6, size=(8, 8)):
+    from PIL import Image
+
+    for k, c in enumerate("ab"):
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", size, (200 * k, 40 + i, 60)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name(tmp_path):
+    from labelclean.data import load_samples
+
+    root = _two_class_folder(tmp_path / "ds")
+    os.rename(root / "a" / "1.png", os.fsencode(root / "a") + b"/caf\xe9.png")
+    with pytest.raises(DataError, match=r"caf\\xe9\.png: file name is not valid UTF-8"):
+        load_samples(root)
+
+
+def test_symlinked_folders_are_followed_and_broken_links_noted(tmp_path):
+    from labelclean.data import load_samples
+
+    root = _two_class_folder(tmp_path / "ds")
+    extra = _two_class_folder(tmp_path / "elsewhere", n=3)
+    os.symlink(extra / "b", root / "b" / "more")
+    os.symlink(tmp_path / "missing.png", root / "a" / "gone.png")
+    os.symlink(root / "a", root / "a" / "loop")
+    samples = load_samples(root)
+    labels = samples.table["label"].value_counts()
+    assert labels["a"] == 6 and labels["b"] == 9
+    notes = " ".join(samples.notes)
+    assert "1 broken symbolic link" in notes and "followed 1 symlinked folder" in notes
+    assert "reached twice" in notes
+
+
+def test_parquet_labels_that_are_lists_are_refused_and_bytes_read_as_text(tmp_path):
+    from labelclean.data import load_samples
+
+    root = _two_class_folder(tmp_path / "ds")
+    frame = pd.DataFrame({"path": [f"ds/{c}/{i}.png" for c in "ab" for i in range(6)],
+                          "label": [c for c in "ab" for _ in range(6)]})
+    listed = frame.assign(label=[[v] for v in frame["label"]])
+    listed.to_parquet(tmp_path / "list.parquet")
+    with pytest.raises(DataError, match=r"12 label\(s\) are lists \(row 1: \['a'\]\)"):
+        load_samples(tmp_path / "list.parquet")
+    frame.assign(label=[v.encode() for v in frame["label"]]).to_parquet(tmp_path / "b.parquet")
+    assert load_samples(tmp_path / "b.parquet").classes == ["a", "b"]
+    bad = frame.assign(label=[v.encode() for v in frame["label"]])
+    bad.loc[3, "label"] = b"\xff"
+    bad.to_parquet(tmp_path / "bad.parquet")
+    with pytest.raises(DataError, match=r"row 4: label b'\\xff' is bytes that are not UTF-8"):
+        load_samples(tmp_path / "bad.parquet")
+    assert root.exists()
+
+
+def test_float_images_in_zero_to_one_are_not_black(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from labelclean.data import load_image
+
+    Image.fromarray(np.full((8, 8), 0.8, dtype=np.float32), "F").save(tmp_path / "f.tif")
+    assert abs(int(load_image(str(tmp_path / "f.tif"), 8).mean()) - 204) <= 1
+
+
+def test_images_above_the_pixel_limit_are_skipped_naming_the_flag(tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image
+
+    from labelclean.data import images
+
+    root = _two_class_folder(tmp_path / "ds", n=30)
+    Image.new("RGB", (40, 40)).save(root / "a" / "big.png")
+    config = RunConfig(dataset=str(root), out=str(tmp_path / "run"), method="ce",
+                       backbone="test_tiny", epochs=1, image_size=8, report=False,
+                       max_image_pixels=1000)
+    result = audit(config)
+    skipped = pd.read_csv(result.run_dir / "skipped.csv")
+    assert skipped["reason"].str.contains("40 x 40 = 1,600 pixels.*--max-image-pixels 1600").all()
+    monkeypatch.setattr(images, "LARGE_PIXELS", 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's raw DecompressionBombWarning must not appear
+        decoded = images.decode_images([str(root / "a" / "big.png")], 8, max_pixels=0)
+    assert decoded.large == 1 and not decoded.failures
+    assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's own guard is back afterwards
+
+
+def test_a_pixel_cache_larger_than_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    from labelclean.data import images
+
+    root = _two_class_folder(tmp_path / "ds")
+    monkeypatch.setattr(images, "available_memory", lambda: 10_000)
+    with pytest.raises(DataError, match=r"--image-size 64: 12 images need .* choose a smaller"):
+        audit(RunConfig(dataset=str(root), out=str(tmp_path / "run"), method="ce",
+                        backbone="test_tiny", epochs=1, image_size=64, report=False))
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -44,6 +44,7 @@ class InputTable:
     path_column: str
     label_column: str
     id_column: str | None
+    notes: list[str] = field(default_factory=list)
 
     def ids(self) -> list[str]:
         column = self.id_column or self.path_column
@@ -114,24 +115,89 @@ def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
+def shown(path: Path | str) -> str:
+    """A path as text that prints anywhere: bytes that are not UTF-8 appear as ``\\xe9``."""
+    text = os.fsdecode(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(os.fsencode(text))[2:-1]
+    return text
+
+
+def _utf8(path: Path) -> bool:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _walk_class(class_dir: Path, problems: list[str], counts: dict[str, int]) -> list[Path]:
+    """Image files at any depth below ``class_dir``, following symlinked folders once each."""
+    files: list[Path] = []
+    visited: set[str] = set()
+    for top, dirs, names in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(top)
+        if real in visited:  # a symlink loop or a folder linked twice
+            dirs[:] = []
+            counts["repeated"] += 1
+            continue
+        visited.add(real)
+        if top != str(class_dir) and os.path.islink(top):
+            counts["linked"] += 1
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in names:
+            path = Path(top) / name
+            if not _is_image(path):
+                continue
+            if not path.exists():
+                counts["broken"] += 1
+                continue
+            if not _utf8(path):
+                _problem(problems, f"{shown(path)}: file name is not valid UTF-8 (expected UTF-8 "
+                         "names, which every output file needs; rename it, for example with "
+                         "convmv -f latin1 -t utf8)")
+                continue
+            files.append(path)
+    return sorted(files)
+
+
 def load_folder(root: Path) -> InputTable:
-    """Read an image folder: each sub-folder is a class, images at any depth below it."""
+    """Read an image folder: each sub-folder is a class, images at any depth below it.
+
+    Symlinked sub-folders are followed (each real folder once); broken links are skipped with
+    a note; file names that are not UTF-8 are refused, naming the file.
+    """
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(f"{root}: expected one sub-folder per class, found no sub-folders")
     rows: list[tuple[str, str]] = []
     problems: list[str] = []
+    counts = {"broken": 0, "linked": 0, "repeated": 0}
+    counts["broken"] += sum(1 for p in root.iterdir() if p.is_symlink() and not p.exists())
     for class_dir in class_dirs:
-        files = sorted(
-            p for p in class_dir.rglob("*") if p.is_file() and _is_image(p)
-        )
+        if not _utf8(class_dir):
+            _problem(problems, f"{shown(class_dir)}: class folder name is not valid UTF-8 "
+                     "(expected UTF-8 names; rename it)")
+            continue
+        files = _walk_class(class_dir, problems, counts)
         if not files:
             _problem(problems, f"{class_dir}: class folder has no images (expected files ending "
                      f"in {', '.join(sorted(IMAGE_SUFFIXES))})")
         rows.extend((p.relative_to(root).as_posix(), class_dir.name) for p in files)
     raise_problems(problems)
     frame = pd.DataFrame(rows, columns=[S.PATH, S.LABEL])
-    return InputTable("folder", root, root, frame, S.PATH, S.LABEL, None)
+    notes = []
+    if counts["broken"]:
+        notes.append(f"{root}: skipped {counts['broken']} broken symbolic link(s)")
+    linked = sum(1 for d in class_dirs if d.is_symlink()) + counts["linked"]
+    if linked:
+        notes.append(f"{root}: followed {linked} symlinked folder(s)")
+    if counts["repeated"]:
+        notes.append(f"{root}: {counts['repeated']} folder(s) reached twice through links "
+                     "were read once")
+    return InputTable("folder", root, root, frame, S.PATH, S.LABEL, None, notes)
 
 
 def load_manifest(
@@ -154,6 +220,7 @@ def load_manifest(
         raise DataError(f"{path}: expected at least one row, found none")
     if id_column is None and "id" in frame.columns and path_column != "id":
         id_column = "id"
+    raise_problems(label_problems(frame[label_column], str(path)))
     problems: list[str] = []
     for column in [path_column, label_column] + ([id_column] if id_column else []):
         empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
@@ -191,10 +258,33 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def label_text(value: object) -> str:
-    """A label value as a class name: integral floats (Parquet ints with NaN holes) lose '.0'."""
+    """A label value as a class name: integral floats (Parquet ints with NaN holes) lose '.0',
+    bytes (Parquet binary columns) are read as UTF-8 (checked by :func:`label_problems`)."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
     return str(value).strip()
+
+
+def label_problems(values: pd.Series, where: str) -> list[str]:
+    """Label values that are not one class name each: lists, arrays, maps, non-UTF-8 bytes."""
+    problems: list[str] = []
+    nested = [i for i, v in enumerate(values) if isinstance(v, (list, tuple, dict, set, np.ndarray))]
+    if nested:
+        first = values.iloc[nested[0]]
+        shown_value = list(first) if isinstance(first, np.ndarray) else first
+        problems.append(f"{where}: {len(nested)} label(s) are lists (row {nested[0] + 1}: "
+                        f"{shown_value!r}); expected one label per row, a string or an integer "
+                        "(multi-label data is not supported)")
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):
+            try:
+                v.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.append(f"{where} row {i + 1}: label {v!r} is bytes that are not UTF-8; "
+                                "expected text labels")
+    return problems
 
 
 def _label_strings(series: pd.Series) -> list[str]:
@@ -241,7 +331,8 @@ def load_samples(
         index[t] if v else li
         for t, v, li in zip(table[S.TRUSTED_LABEL], table[S.VERIFIED], table[S.LABEL_INDEX])
     ]
-    return Samples(table, classes, inp, Path(trusted) if trusted else None, label_values, notes)
+    return Samples(table, classes, inp, Path(trusted) if trusted else None, label_values,
+                   inp.notes + notes)
 
 
 def _merge_trusted(
@@ -258,6 +349,7 @@ def _merge_trusted(
             f"{path}: expected trusted-set column(s) {', '.join(map(repr, missing))}, found {found}"
         )
     id_col = inp.id_column if inp.id_column and inp.id_column in frame.columns else None
+    raise_problems(label_problems(frame[label_col], str(path)))
     labels = _label_strings(frame[label_col])
     problems: list[str] = []
     known = set(classes)

@@ -1,26 +1,53 @@
 """Decode images once into a uint8 pixel cache.
 
 Every image is opened with PIL, EXIF orientation applied, converted to RGB (whatever its mode:
-L, P, RGBA, CMYK, 16-bit and so on; transparency is composited on white), its shorter side
+L, P, RGBA, CMYK, 16-bit, float and so on; transparency is composited on white), its shorter side
 resized to ``size`` and centre-cropped to ``size`` x ``size``. Training reads the cache, so later
 epochs do no decoding.
+
+Pillow's decompression-bomb guard is replaced by our own limit (``max_pixels``, by default
+Pillow's own error threshold): an image above it is skipped with a reason that names the option
+to raise it, and large images below it decode without Pillow's raw warning (JPEGs at a reduced
+scale through ``draft``); the caller says how many in one note.
 """
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from labelclean.errors import DataError
+
+#: Pillow's warning threshold: images above it count as "large" (one note per run).
+LARGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+#: Default limit: Pillow's own error threshold (twice its warning threshold).
+DEFAULT_MAX_PIXELS = 2 * LARGE_PIXELS
+
+
+class ImageTooLarge(ValueError):
+    """An image above the pixel limit (a guard against decompression bombs)."""
+
+
+def _value_range(arr: np.ndarray, mode: str) -> float:
+    """Full scale of a one-channel image: 1 for floats in 0..1, 65535 for 16-bit, else 255."""
+    top = float(np.nanmax(arr, initial=0))
+    if mode == "F" and top <= 1.0:
+        return 1.0
+    return 65535.0 if top > 255 else 255.0
+
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        top = _value_range(arr, img.mode)
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
@@ -29,16 +56,59 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str, size: int) -> np.ndarray:
+_guard_lock = threading.Lock()
+_guard_depth = 0
+_guard_saved: int | None = None
+
+
+@contextlib.contextmanager
+def _own_pixel_guard() -> Iterator[None]:
+    """Switch Pillow's process-wide guard off while our own limit applies (thread-safe: the
+    first to enter saves Pillow's setting, the last to leave restores it)."""
+    global _guard_depth, _guard_saved
+    with _guard_lock:
+        if _guard_depth == 0:
+            _guard_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _guard_depth += 1
+    try:
+        yield
+    finally:
+        with _guard_lock:
+            _guard_depth -= 1
+            if _guard_depth == 0:
+                Image.MAX_IMAGE_PIXELS = _guard_saved
+
+
+def _open_checked(path: str, size: int, max_pixels: int | None) -> tuple[Image.Image, int]:
+    """The opened image (JPEG in draft mode near ``size``) and its stored pixel count."""
+    img = Image.open(path)
+    w, h = img.size
+    if max_pixels and w * h > max_pixels:
+        img.close()
+        raise ImageTooLarge(
+            f"image has {w} x {h} = {w * h:,} pixels, above the limit of {max_pixels:,} (a guard "
+            f"against decompression bombs); pass --max-image-pixels {w * h} (or 0: no limit) "
+            "to read it")
+    img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when possible
+    return img, w * h
+
+
+def load_image(path: str, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Return the image at ``path`` as a ``(size, size, 3)`` uint8 array.
 
-    Raises ``OSError`` or ``ValueError`` (PIL's) for unreadable files.
+    Raises ``OSError`` or ``ValueError`` (PIL's; :class:`ImageTooLarge` above ``max_pixels``,
+    ``None`` or 0: no limit) for unreadable files.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(path) as img:
-            img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when possible
-            img = ImageOps.exif_transpose(img)
+    return _load(path, size, max_pixels)[0]
+
+
+def _load(path: str, size: int, max_pixels: int | None) -> tuple[np.ndarray, int]:
+    """The image as in :func:`load_image`, and its pixel count as stored."""
+    with _own_pixel_guard():
+        opened, stored = _open_checked(path, size, max_pixels)
+        with opened:
+            img = ImageOps.exif_transpose(opened)
             img = _to_rgb(img)
             img.load()
     w, h = img.size
@@ -50,7 +120,7 @@ def load_image(path: str, size: int) -> np.ndarray:
         img = img.resize(new, Image.Resampling.BILINEAR, reducing_gap=3.0)
     left, top = (new[0] - size) // 2, (new[1] - size) // 2
     img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(img, dtype=np.uint8), stored
 
 
 def _describe(exc: BaseException) -> str:
@@ -58,8 +128,16 @@ def _describe(exc: BaseException) -> str:
         return "file not found"
     if isinstance(exc, UnidentifiedImageError):
         return "not a readable image"
+    if isinstance(exc, ImageTooLarge):
+        return str(exc)
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return f"cannot decode image: {text}"
+
+
+class Decoded(NamedTuple):
+    pixels: torch.Tensor  # (N, 3, size, size) uint8; rows of failed images are zero
+    failures: dict[int, str]  # index -> reason
+    large: int  # images above Pillow's warning threshold that were decoded
 
 
 def decode_images(
@@ -67,20 +145,23 @@ def decode_images(
     size: int,
     advance: Callable[[int], None] | None = None,
     workers: int = 4,
-) -> tuple[torch.Tensor, dict[int, str]]:
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> Decoded:
     """Decode ``paths`` into an ``(N, 3, size, size)`` uint8 tensor.
 
-    Returns the tensor and ``{index: reason}`` for images that could not be read; their rows are
-    zero. ``advance(n)`` is called as images finish (for progress bars).
+    Returns the tensor, ``{index: reason}`` for images that could not be read (their rows are
+    zero) and the number of large images. ``advance(n)`` is called as images finish.
     """
     pixels = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
     failures: dict[int, str] = {}
+    large: list[int] = []
 
     def work(i: int) -> None:
         try:
-            pixels[i] = load_image(paths[i], size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as exc:
+            pixels[i], stored = _load(paths[i], size, max_pixels)
+            if stored > LARGE_PIXELS:
+                large.append(i)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             failures[i] = _describe(exc)
 
     chunk = 256
@@ -91,4 +172,34 @@ def decode_images(
             if advance is not None:
                 advance(len(idx))
     tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-    return tensor, dict(sorted(failures.items()))
+    return Decoded(tensor, dict(sorted(failures.items())), len(large))
+
+
+#: The pixel cache may take at most this share of the memory available when the run starts.
+CACHE_MEMORY_SHARE = 0.7
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux ``MemAvailable``), or ``None``."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_cache_memory(n: int, size: int) -> None:
+    """Refuse, before decoding, a pixel cache that would not fit in memory."""
+    need = n * 3 * size * size
+    have = available_memory()
+    if have is not None and need > CACHE_MEMORY_SHARE * have:
+        raise DataError(
+            f"--image-size {size}: {n:,} images need {need / 2**30:.1f} GiB of pixel cache, more "
+            f"than {CACHE_MEMORY_SHARE:.0%} of the {have / 2**30:.1f} GiB available; choose a "
+            "smaller --image-size")
