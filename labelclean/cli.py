@@ -6,8 +6,10 @@ error (one line, no traceback; ``LABELCLEAN_DEBUG=1`` shows it), 2 usage error.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from labelclean import choices as C
-from labelclean.errors import LabelcleanError, UsageError
+from labelclean.errors import Interrupted, LabelcleanError, UsageError
 from labelclean.version import __version__
 
 app = typer.Typer(
@@ -63,7 +65,7 @@ def _parse_options(pairs: list[str]) -> dict[str, object]:
 
 @app.command(epilog="Example: labelclean audit sample_data/digits --trusted sample_data/trusted.csv")
 def audit(
-    dataset: Annotated[Path, typer.Argument(help="Image folder (one sub-folder per class) or a CSV/Parquet manifest.")],
+    dataset: Annotated[Path, typer.Argument(help="Image folder (one sub-folder per class) or a CSV, Parquet or JSON-lines manifest.")],
     trusted: Annotated[Optional[Path], typer.Option(help="CSV/Parquet of verified labels (path, label).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: a new folder under ./labelclean-runs/).")] = None,
     method: Annotated[C.Method, typer.Option(help="Method: see 'labelclean methods' (default auto: all four combined).")] = "auto",
@@ -280,20 +282,40 @@ def methods() -> None:
 
 def main() -> None:
     """Console entry point: usage errors exit 2 (Typer); data and user errors one line, exit 1."""
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         app()
     except LabelcleanError as exc:
         _fail(str(exc), exc.exit_code, exc)
-    except KeyboardInterrupt:
-        err.print("interrupted", highlight=False)
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt):
+        err.print("interrupted (files already written are complete; 'audit --resume' continues "
+                  "a run from its last checkpoint)", highlight=False, soft_wrap=True)
+        sys.exit(Interrupted.exit_code)
     except BrokenPipeError:
         # stdout was closed early (e.g. `| head`): stop quietly, as the Python docs advise.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         sys.exit(1)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRORS:
+            _unexpected(exc)
+        where = exc.filename or "output"
+        _fail(f"{where}: cannot write: {exc.strerror} (choose another --out, or free or unlock "
+              "that folder)", 1, exc)
     except Exception as exc:  # a bug: still one line, with a way to see the details
-        _fail(f"unexpected {type(exc).__name__}: {exc} (set LABELCLEAN_DEBUG=1 for details)", 1, exc)
+        _unexpected(exc)
+
+
+#: Errors of a destination the user can fix (permissions, a read-only or full disk).
+_WRITE_ERRORS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
+def _unexpected(exc: BaseException) -> None:
+    _fail(f"unexpected {type(exc).__name__}: {exc} (set LABELCLEAN_DEBUG=1 for details)", 1, exc)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise Interrupted()
 
 
 def _fail(message: str, code: int, exc: BaseException) -> None:

@@ -21,3 +21,10 @@ class UsageError(ConfigError):
     """An option value the command line could have refused before any work: exit code 2."""
 
     exit_code = 2
+
+
+class Interrupted(BaseException):
+    """Ctrl-C in the CLI (raised by its SIGINT handler: Typer turns ``KeyboardInterrupt`` into a
+    silent exit 130, and a ``BaseException`` passes every ``except Exception`` on its way out)."""
+
+    exit_code = 130

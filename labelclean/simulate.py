@@ -192,6 +192,13 @@ def simulate(
     classes = sorted(set(labels), key=lambda s: (0, int(s), "") if s.isdigit() else (1, 0, s))
     index = {name: i for i, name in enumerate(classes)}
     true = np.array([index[v] for v in labels])
+    counts = np.bincount(true, minlength=len(classes))
+    if trusted_per_class >= counts.min():
+        small = classes[int(counts.argmin())]
+        raise ConfigError(
+            f"--trusted-per-class {trusted_per_class}: class {small!r} has only "
+            f"{counts.min()} samples, and every class needs some left for the noisy manifest "
+            f"(expected at most {counts.min() - 1})")
     mapping = parse_map(class_map, classes) if kind == "asymmetric" and class_map else None
     paths = [str((inp.base_dir / p).resolve()) if not Path(p).is_absolute() else p
              for p in map(str, inp.frame[inp.path_column])] if kind in ("instance", "neighbor") else None

@@ -294,3 +294,66 @@ def test_a_pixel_cache_larger_than_memory_is_refused_before_decoding(tmp_path, m
         audit(RunConfig(dataset=str(root), out=str(tmp_path / "run"), method="ce",
                         backbone="test_tiny", epochs=1, image_size=64, report=False))
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_an_unwritable_out_is_one_line(tiny, tmp_path, cli, monkeypatch):
+    import errno as errno_module
+
+    from labelclean import io
+
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(errno_module.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(io.tempfile, "mkstemp", refuse)
+    code, _out, err = cli("audit", tiny.root, "--out", tmp_path / "locked" / "run", *FAST)
+    assert code == 1 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'locked' / 'run'}: cannot write: Permission denied (choose another "
+        "--out, or free or unlock that folder)")
+
+
+def test_ctrl_c_says_interrupted_exits_130_and_the_run_resumes(tiny, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "labelclean.cli", "audit", str(tiny.root), "--trusted",
+            str(tiny.trusted), "--out", str(out), "--method", "ce", "--backbone", "test_tiny",
+            "--epochs", "150", "--batch-size", "12", "--image-size", "12", "--no-report"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    while "epoch 2/" not in proc.stderr.readline() and time.monotonic() < deadline:
+        pass
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(30) == 130, rest
+    assert "interrupted" in rest and "Traceback" not in rest
+    assert (out / "checkpoint.pt").exists() and not list(out.glob(".*.tmp"))
+    done = subprocess.run([*args, "--resume"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "resuming from" in done.stderr
+
+
+def test_simulate_refuses_a_trusted_share_that_leaves_a_class_empty(tiny, tmp_path, cli):
+    code, _out, err = cli("simulate", tiny.root, "--noise", "uniform", "--rate", "0.2",
+                         "--trusted-per-class", "100", "--out", tmp_path / "sim")
+    assert code == 1 and "class 'dog' has only 15 samples" in err and "at most 14" in err
+    assert not (tmp_path / "sim").exists()
+
+
+def test_a_jsonl_export_audits_again(tiny, tmp_path, cli):
+    code, _, err = cli("audit", tiny.csv, "--trusted", tiny.trusted, "--out", tmp_path / "r1", *FAST)
+    assert code == 0, err
+    code, out, err = cli("export", tmp_path / "r1", "--format", "jsonl", "--out", tmp_path / "x.jsonl")
+    assert code == 0, err
+    code, _, err = cli("audit", tmp_path / "x.jsonl", "--trusted", tiny.trusted, "--out",
+                       tmp_path / "r2", *FAST)
+    assert code == 0, err
+    run = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert run["input_kind"] == "jsonl" and (tmp_path / "r2" / "corrected.jsonl").exists()
+    code, out, err = cli("export", tmp_path / "r2")
+    assert code == 0 and out.strip().endswith(".jsonl")

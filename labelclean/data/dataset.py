@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from labelclean.errors import DataError
-from labelclean.io import read_table
+from labelclean.io import TABLE_SUFFIXES, read_table
 from labelclean.run import schema as S
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -204,10 +204,11 @@ def load_manifest(
     path: Path, path_column: str, label_column: str, id_column: str | None
 ) -> InputTable:
     """Read a CSV or Parquet manifest and check its columns, ids and values."""
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: expected a .csv, .parquet or .jsonl manifest, found "
+                        f"{path.suffix!r}")
     frame = read_table(path)
-    kind = "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
-    if kind == "csv" and path.suffix.lower() != ".csv":
-        raise DataError(f"{path}: expected a .csv or .parquet manifest, found {path.suffix!r}")
+    kind = TABLE_SUFFIXES[path.suffix.lower()]
     wanted = [path_column, label_column] + ([id_column] if id_column else [])
     missing = [c for c in wanted if c not in frame.columns]
     if missing:

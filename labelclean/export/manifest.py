@@ -92,7 +92,7 @@ def export_labels(
     from labelclean.export.label_studio import export_label_studio
 
     run = Run.open(Path(run_dir))
-    fmt = fmt or ("parquet" if run.input_kind == "parquet" else "csv")
+    fmt = fmt or (run.input_kind if run.input_kind in ("parquet", "jsonl") else "csv")
     if fmt not in FORMATS:
         raise ConfigError(f"--format: expected one of {', '.join(FORMATS)}, found {fmt!r}")
     if threshold is not None and not 0 < threshold < 1:

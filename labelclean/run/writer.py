@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 #: Files a run folder may hold; ``--overwrite`` removes them all before the new run starts.
 RUN_FILES = (
     "config.json", "summary.json", "scores.csv", "scores.parquet", "corrected.csv",
-    "corrected.parquet", "transition_matrix.csv", "skipped.csv", "report.html", "checkpoint.pt",
+    "corrected.parquet", "corrected.jsonl", "transition_matrix.csv", "skipped.csv", "report.html",
+    "checkpoint.pt",
     "decisions.csv", "changes.csv", "mslg_soft_labels.parquet", "label-studio-tasks.json",
     "label-studio-tasks-config.xml", "evaluation.json",
 )
@@ -139,7 +140,7 @@ def write_corrected(samples: Samples, scores: pd.DataFrame, run_dir: Path) -> tu
     frame[names[S.SUSPICION]] = pick[S.SUSPICION].to_numpy(dtype=float)
     frame[names[S.IS_SUSPECT]] = np.where(known, pick[S.IS_SUSPECT].to_numpy(dtype=object), False).astype(bool)
     frame[names[S.ACTION]] = np.where(known, pick[S.ACTION].to_numpy(dtype=object), S.SKIPPED)
-    name = "corrected.parquet" if inp.kind == "parquet" else "corrected.csv"
+    name = f"corrected.{inp.kind if inp.kind in ('parquet', 'jsonl') else 'csv'}"
     write_table(run_dir / name, frame)
     return name, names
 
