@@ -174,7 +174,8 @@ def export(
                          f"{written.with_name(written.stem + '-config.xml')}\n"
                          f"Label Studio: start it with LOCAL_FILES_SERVING_ENABLED=true "
                          f"LOCAL_FILES_DOCUMENT_ROOT={where.document_root}, create a project with "
-                         f"that config, add a Local Files storage at {where.storage} (no sync), "
+                         f"that config, add a Local Files storage (no sync) at "
+                         f"{' and at '.join(map(str, where.storages))}, "
                          f"then import the tasks file."), highlight=False, soft_wrap=True)
     else:
         verb = {"relabel": "relabelled", "drop": "dropped", "flag": "flagged"}[policy]

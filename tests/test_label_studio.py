@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -105,11 +106,26 @@ def dataset_and_run(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("ls")
     tiny = build_tiny(tmp)
+    # Images in two trees that share no folder below / (a manifest assembled from two sources):
+    # the fox images move to a second tree outside the pytest temporary folder.
+    other = Path(tempfile.mkdtemp(prefix="labelclean-ls-", dir="/var/tmp"))
+    manifest = pd.read_csv(tiny.csv, dtype=str)
+    for i, rel in manifest["path"].items():
+        if "/fox/" in rel:
+            target = other / "fox" / Path(rel).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(tiny.csv.parent / rel, target)
+            manifest.loc[i, "path"] = str(target)
+    manifest.to_csv(tiny.csv, index=False)
+    trusted = pd.read_csv(tiny.trusted, dtype=str)
+    trusted["path"] = [str(other / "fox" / Path(p).name) if "/fox/" in p else p for p in trusted["path"]]
+    trusted.to_csv(tiny.trusted, index=False)
     result = audit(RunConfig(dataset=str(tiny.csv), trusted=str(tiny.trusted), out=str(tmp / "run"),
                              backbone="test_tiny", epochs=4, batch_size=12, lr=0.1, image_size=12,
                              threshold=0.3, report=False))
     assert result.summary["flagged"] >= 3
-    return tiny, result
+    yield tiny, result, other / "fox"
+    shutil.rmtree(other, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +137,7 @@ def label_studio(dataset_and_run, tmp_path_factory):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    _, run = dataset_and_run
+    _, run, _ = dataset_and_run
     home = tmp_path_factory.mktemp("label-studio-home")
     port = free_port()
     document_root = local_files(Run.open(run.run_dir)).document_root
@@ -167,7 +183,7 @@ def choice(label: str) -> list[dict[str, Any]]:
 
 def test_round_trip_through_label_studio(label_studio, dataset_and_run, tmp_path, cli):
     ls = label_studio
-    tiny, run = dataset_and_run
+    tiny, run, second_tree = dataset_and_run
     classes = [str(c) for c in run.summary["classes"]]
     assert ls.call("GET", "/api/jwt/settings")["legacy_api_tokens_enabled"] is False
 
@@ -183,9 +199,11 @@ def test_round_trip_through_label_studio(label_studio, dataset_and_run, tmp_path
     # Label Studio serves a local file only under a project's Local Files storage (not synced:
     # the tasks come from labelclean's file).
     where = local_files(Run.open(run.run_dir))
-    assert where.storage == tiny.root and where.document_root == tiny.root.parent
-    ls.call("POST", "/api/storages/localfiles", {"project": project["id"], "path": str(where.storage),
-                                                 "title": "dataset", "use_blob_urls": False})
+    assert where.document_root == Path("/")
+    assert sorted(where.storages) == sorted([second_tree, tiny.root])
+    for storage in where.storages:
+        ls.call("POST", "/api/storages/localfiles", {"project": project["id"], "path": str(storage),
+                                                     "title": "dataset", "use_blob_urls": False})
     imported = ls.call("POST", f"/api/projects/{project['id']}/import", exported)
     assert imported["task_count"] == len(exported)
     assert imported["annotation_count"] == len(exported)  # the given label, to review
@@ -196,9 +214,12 @@ def test_round_trip_through_label_studio(label_studio, dataset_and_run, tmp_path
     by_sample = {t["data"]["sample_id"]: t for t in tasks}
     assert set(by_sample) == {t["data"]["sample_id"] for t in exported}
 
-    # The image reference resolves through Label Studio's local-file serving.
-    status, body = ls.fetch(exported[0]["data"]["image"])
-    assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
+    # The image references resolve through Label Studio's local-file serving, in both trees.
+    trees = {t["data"]["image"].split("/")[-2] == "fox": t["data"]["image"] for t in exported}
+    assert set(trees) == {True, False}, "the suspects should come from both trees"
+    for image in trees.values():
+        status, body = ls.fetch(image)
+        assert status == 200 and body[:8] == b"\x89PNG\r\n\x1a\n"
 
     # A reviewer accepts the first suggestion and picks a third class for the second.
     first, second = exported[0]["data"], exported[1]["data"]

@@ -357,3 +357,18 @@ def test_a_jsonl_export_audits_again(tiny, tmp_path, cli):
     assert run["input_kind"] == "jsonl" and (tmp_path / "r2" / "corrected.jsonl").exists()
     code, out, err = cli("export", tmp_path / "r2")
     assert code == 0 and out.strip().endswith(".jsonl")
+
+
+def test_label_studio_layout_for_images_in_two_trees():
+    from pathlib import Path
+
+    from labelclean.export.label_studio import storage_layout
+
+    one = storage_layout(["/data/set/a/1.png", "/data/set/b/2.png"])
+    assert one.document_root == Path("/data") and one.storages == (Path("/data/set"),)
+    two = storage_layout(["/data/set/a/1.png", "/mnt/x/b/2.png", "/mnt/x/c/3.png"])
+    assert two.document_root == Path("/")
+    assert two.storages == (Path("/data/set/a"), Path("/mnt/x"))
+    assert two.reference(Path("/mnt/x/b/2.png")) == "/data/local-files/?d=mnt/x/b/2.png"
+    with pytest.raises(DataError, match="directly in /"):
+        storage_layout(["/1.png", "/mnt/x/2.png"])

@@ -22,27 +22,39 @@ LS_PREFIX = "/data/local-files/?d="
 @dataclass(frozen=True)
 class LocalFiles:
     """Where Label Studio finds the images: ``document_root`` is its
-    ``LOCAL_FILES_DOCUMENT_ROOT``, ``storage`` the path of the project's Local Files storage (a
-    folder below the root: Label Studio refuses the root itself and serves a file only under a
-    project's storage). Task images are ``/data/local-files/?d=<path from document_root>``."""
+    ``LOCAL_FILES_DOCUMENT_ROOT``, ``storages`` the paths of the project's Local Files storages
+    (folders below the root: Label Studio refuses the root itself and serves a file only under
+    one of a project's storages). Task images are ``/data/local-files/?d=<path from root>``."""
 
     document_root: Path
-    storage: Path
+    storages: tuple[Path, ...]
 
     def reference(self, image: Path) -> str:
         return LS_PREFIX + Path(os.path.relpath(image, self.document_root)).as_posix()
 
 
+def storage_layout(images: list[str]) -> LocalFiles:
+    """One storage at the folder holding every image, the document root its parent; images in
+    trees that share no folder below ``/`` (``/data/...`` and ``/mnt/...``) get one storage per
+    tree (the folder holding that tree's images) under the document root ``/``."""
+    dirs = sorted({os.path.dirname(os.path.abspath(p)) for p in images}) or [os.sep]
+    common = Path(os.path.commonpath(dirs))
+    if common.parent != common:
+        return LocalFiles(common.parent, (common,))
+    trees: dict[str, list[str]] = {}
+    for d in dirs:
+        parts = Path(d).parts
+        trees.setdefault(parts[1] if len(parts) > 1 else "", []).append(d)
+    if "" in trees:
+        raise DataError(f"images stored directly in {common} (for example {images[0]}): Label "
+                        "Studio serves local files only from a folder below its document root")
+    return LocalFiles(common, tuple(Path(os.path.commonpath(v)) for v in trees.values()))
+
+
 def local_files(run: Run, scores: pd.DataFrame | None = None) -> LocalFiles:
-    """The Label Studio local-files layout for a run: the storage is the folder holding all its
-    images, the document root that folder's parent."""
+    """The Label Studio local-files layout for a run's images (:func:`storage_layout`)."""
     scores = run.scores() if scores is None else scores
-    images = scores[S.IMAGE_PATH].tolist()
-    storage = Path(os.path.commonpath([os.path.dirname(p) for p in images])) if images else Path("/")
-    if storage.parent == storage:
-        raise DataError(f"{run.config.dataset}: the images share no folder below {storage}; Label "
-                        "Studio needs them under one folder (its Local Files storage)")
-    return LocalFiles(storage.parent, storage)
+    return storage_layout(scores[S.IMAGE_PATH].tolist())
 
 
 def _choice(label: str) -> list[dict[str, Any]]:
@@ -56,8 +68,9 @@ def export_label_studio(run: Run, dest: Path | None) -> tuple[Path, int, int]:
     (``<Choices name="choice" toName="image">``), whose config is written beside the tasks as
     ``<name>-config.xml``. Images are referenced through Label Studio's local-file serving
     (:class:`LocalFiles`): start it with ``LOCAL_FILES_SERVING_ENABLED=true`` and
-    ``LOCAL_FILES_DOCUMENT_ROOT`` at the images' parent folder, and add a Local Files storage
-    at the images' folder to the project (do not sync it: the tasks come from this file)."""
+    ``LOCAL_FILES_DOCUMENT_ROOT`` at the layout's document root, and add a Local Files storage
+    for each of its storage folders to the project (do not sync them: the tasks come from this
+    file)."""
     scores = run.scores()
     layout = local_files(run, scores)
     tasks = []
