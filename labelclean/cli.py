@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from labelclean import choices as C
-from labelclean.errors import Interrupted, LabelcleanError, UsageError
+from labelclean.errors import GateCrossed, Interrupted, LabelcleanError, UsageError
 from labelclean.version import __version__
 
 app = typer.Typer(
@@ -82,6 +82,9 @@ def audit(
     label_column: Annotated[str, typer.Option(help="Manifest column with labels.")] = "label",
     id_column: Annotated[Optional[str], typer.Option(help="Manifest column with sample ids (default: 'id' if present, else the path).")] = None,
     threshold: Annotated[Optional[float], typer.Option(help="Flag samples with suspicion >= this (default: derived from the data).")] = None,
+    exam_share: Annotated[float, typer.Option(min=0.0, max=0.95, help="Share of the verified dataset rows scored blind to measure the audit (0: no exam).")] = 0.5,
+    fail_if_noise_above: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Exit 3 when the noise rate's 90% lower bound is above this rate.")] = None,
+    fail_if_flagged_above: Annotated[Optional[int], typer.Option(min=0, help="Exit 3 when more than this many rows are flagged.")] = None,
     meta_scope: Annotated[C.MetaScope, typer.Option(help="Virtual steps on the 'head' (fast) or the 'full' network.")] = "head",
     option: Annotated[Optional[list[str]], typer.Option("--option", help="Method option NAME=VALUE (repeatable; auto's members: mlc.mode=reset).")] = None,
     strict: Annotated[bool, typer.Option(help="Any unreadable image is an error (default: skip a few).")] = False,
@@ -103,9 +106,11 @@ def audit(
     config = RunConfig(
         dataset=str(dataset), trusted=str(trusted) if trusted else None,
         out=str(out_dir) if out_dir else None, method=method, backbone=backbone, weights=weights,
-        image_size=image_size, max_image_pixels=max_image_pixels, epochs=epochs, batch_size=batch_size, lr=lr, augment=augment,
-        seed=seed, path_column=path_column, label_column=label_column, id_column=id_column,
-        threshold=threshold, meta_scope=meta_scope, method_options=_parse_options(option or []),
+        image_size=image_size, max_image_pixels=max_image_pixels, epochs=epochs,
+        batch_size=batch_size, lr=lr, augment=augment, seed=seed, path_column=path_column,
+        label_column=label_column, id_column=id_column, threshold=threshold, exam_share=exam_share,
+        fail_if_noise_above=fail_if_noise_above, fail_if_flagged_above=fail_if_flagged_above,
+        meta_scope=meta_scope, method_options=_parse_options(option or []),
         strict=strict, resume=resume, overwrite=overwrite, device=device, report=report,
     )
     result = run_audit(config, Reporter() if quiet else RichReporter(err))
@@ -113,6 +118,8 @@ def audit(
         sys.stdout.write(json_text({k: v for k, v in result.summary.items() if k != "config"}))
     else:
         print_audit_summary(out, result, top)
+    if result.summary["gates"]:
+        raise GateCrossed("; ".join(result.summary["gates"]))
 
 
 @app.command()
@@ -287,7 +294,7 @@ def main() -> None:
     try:
         app()
     except LabelcleanError as exc:
-        _fail(str(exc), exc.exit_code, exc)
+        _fail(str(exc), exc.exit_code, exc, "gate crossed" if isinstance(exc, GateCrossed) else "error")
     except (Interrupted, KeyboardInterrupt):
         err.print("interrupted (files already written are complete; 'audit --resume' continues "
                   "a run from its last checkpoint)", highlight=False, soft_wrap=True)
@@ -319,12 +326,12 @@ def _interrupt(signum: int, frame: object) -> None:
     raise Interrupted()
 
 
-def _fail(message: str, code: int, exc: BaseException) -> None:
+def _fail(message: str, code: int, exc: BaseException, what: str = "error") -> None:
     if os.environ.get("LABELCLEAN_DEBUG"):
         import traceback
 
         traceback.print_exception(exc)
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[red]{what}:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -14,7 +14,8 @@ from labelclean.errors import ConfigError
 CONFIG_VERSION = 1
 
 #: Settings that do not change what a run computes; they are left out of the resume check.
-NON_SEMANTIC_FIELDS = ("out", "resume", "overwrite", "device", "num_threads", "report")
+NON_SEMANTIC_FIELDS = ("out", "resume", "overwrite", "device", "num_threads", "report",
+                       "fail_if_noise_above", "fail_if_flagged_above")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class RunConfig:
     seed: int = 0
     strict: bool = False
     threshold: float | None = None
+    #: Share of the verified dataset rows scored blind as the exam (labelclean.exam); 0: none.
+    exam_share: float = 0.5
+    #: Gates (exit 3 from the CLI): the noise rate's lower bound, or the flagged count, above.
+    fail_if_noise_above: float | None = None
+    fail_if_flagged_above: int | None = None
     meta_scope: str = "head"
     method_options: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
@@ -77,6 +83,11 @@ class RunConfig:
                 self.threshold is None or 0 < self.threshold < 1,
                 f"--threshold: expected a value in (0, 1), found {self.threshold}",
             ),
+            (0 <= self.exam_share < 1, f"--exam-share: expected a value in [0, 1), found {self.exam_share}"),
+            (self.fail_if_noise_above is None or 0 <= self.fail_if_noise_above <= 1,
+             f"--fail-if-noise-above: expected a rate in [0, 1], found {self.fail_if_noise_above}"),
+            (self.fail_if_flagged_above is None or self.fail_if_flagged_above >= 0,
+             f"--fail-if-flagged-above: expected >= 0, found {self.fail_if_flagged_above}"),
             (
                 self.meta_scope in ("head", "full"),
                 f"--meta-scope: expected head or full, found {self.meta_scope!r}",

@@ -23,6 +23,13 @@ class UsageError(ConfigError):
     exit_code = 2
 
 
+class GateCrossed(LabelcleanError):
+    """A gate the user set (``--fail-if-noise-above``, ``--fail-if-flagged-above``) was crossed;
+    the run's outputs are written."""
+
+    exit_code = 3
+
+
 class Interrupted(BaseException):
     """Ctrl-C in the CLI (raised by its SIGINT handler: Typer turns ``KeyboardInterrupt`` into a
     silent exit 130, and a ``BaseException`` passes every ``except Exception`` on its way out)."""

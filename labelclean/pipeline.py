@@ -24,6 +24,7 @@ from labelclean.config import RunConfig
 from labelclean.data.dataset import Samples, load_samples, raise_problems
 from labelclean.data.images import DEFAULT_MAX_PIXELS, LARGE_PIXELS, check_cache_memory, decode_images
 from labelclean.errors import ConfigError, DataError
+from labelclean.exam import MIN_EXAM, MIN_REFERENCE_PER_CLASS, representativeness, split_exam
 from labelclean.io import write_json, write_table
 from labelclean.methods import METHODS, Method
 from labelclean.progress import Reporter
@@ -265,16 +266,25 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
         reporter.notice(note)
         notes.append(note)
 
+    given = samples.table[S.LABEL_INDEX].to_numpy()
+    dataset_rows = (samples.table[S.SOURCE] == S.DATASET).to_numpy()
+    exam = split_exam(samples.targets, verified & dataset_rows, len(samples.classes), config.seed,
+                      config.exam_share)
+    for note in _exam_notes(samples, verified, dataset_rows, exam, config):
+        reporter.notice(note)
+        notes.append(note)
+    # Exam rows train blind: with their given label, outside the reference set.
+    reference = verified & ~exam
+    targets = np.where(exam, given, samples.targets)
     result = train(
-        config, pixels, torch.from_numpy(samples.targets), torch.from_numpy(verified),
+        config, pixels, torch.from_numpy(targets), torch.from_numpy(reference),
         samples.sample_ids, len(samples.classes), method, run_dir, reporter,
     )
     evidence = result.evidence
     notes.extend(evidence.summary.get("notes", []))
 
-    given = samples.table[S.LABEL_INDEX].to_numpy()
-    scored = score(evidence, given, verified, samples.targets, config.threshold)
-    scores = scores_frame(samples, scored, evidence.columns)
+    scored = score(evidence, given, verified, samples.targets, config.threshold, exam, config.seed)
+    scores = scores_frame(samples, scored, {**evidence.columns, S.EXAM: exam})
     transition, transition_source = _transition(evidence, samples, scored)
     outputs = [*write_scores(run_dir, scores), write_transition(run_dir, transition)]
     corrected_name, corrected_columns = write_corrected(samples, scores, run_dir)
@@ -315,12 +325,53 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
         "versions": versions(),
         "config": config.to_dict(),
     }
+    summary["exam_rows"] = int(exam.sum())
+    summary["gates"] = _gates(config, summary)
     write_json(run_dir / "summary.json", summary)
     if config.report:
         from labelclean.review.html import build_report
 
         build_report(run_dir)
     return AuditResult(run_dir, scores, summary, config, transition, reporter.notices)
+
+
+def _exam_notes(samples: Samples, verified: np.ndarray, dataset_rows: np.ndarray,
+                exam: np.ndarray, config: RunConfig) -> list[str]:
+    notes = []
+    if exam.any():
+        notes.append(f"exam: {int(exam.sum())} of the {int((verified & dataset_rows).sum())} "
+                     "verified dataset rows are scored blind to measure the audit; the rest "
+                     "stay the reference set")
+    elif verified.any() and config.exam_share > 0:
+        notes.append(f"no exam: {int((verified & dataset_rows).sum())} verified dataset rows are "
+                     f"too few to hold out {MIN_EXAM} (a share of {config.exam_share:g}, keeping "
+                     f"{MIN_REFERENCE_PER_CLASS} per class for reference); the estimates have "
+                     "no interval")
+    warning = representativeness(samples.targets, verified & dataset_rows,
+                                 samples.table.loc[dataset_rows, S.LABEL_INDEX].to_numpy(),
+                                 samples.classes)
+    if warning and exam.any():
+        notes.append(warning)
+    return notes
+
+
+def _gates(config: RunConfig, summary: dict[str, Any]) -> list[str]:
+    """Messages of the gates the run crossed (the CLI exits 3 when there are any)."""
+    crossed = []
+    estimates = summary["estimates"]
+    if config.fail_if_noise_above is not None:
+        rate = estimates.get("noise_rate")
+        if rate is not None:
+            low, what = rate["low"], f"the exam's 90% lower bound {rate['low']:.1%}"
+        else:
+            low, what = summary["estimated_noise_rate"], (
+                f"the model's estimate {summary['estimated_noise_rate']:.1%} (no exam)")
+        if low > config.fail_if_noise_above:
+            crossed.append(f"noise rate above {config.fail_if_noise_above:.1%}: {what}")
+    if config.fail_if_flagged_above is not None and summary["flagged"] > config.fail_if_flagged_above:
+        crossed.append(f"flagged {summary['flagged']} > --fail-if-flagged-above "
+                       f"{config.fail_if_flagged_above}")
+    return crossed
 
 
 def _transition(evidence: Evidence, samples: Samples, scored: Scored) -> tuple[pd.DataFrame, str]:

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from labelclean.exam import NO_EXAM, Exam, estimates, flag_count, interval
 from labelclean.run import schema as S
 
 #: P(wrong) at which evidence is strong enough to relabel without review (a 10% error rate
@@ -220,6 +221,7 @@ def decide(
     threshold: float | None = None,
     posterior: np.ndarray | None = None,
     strong: np.ndarray | None = None,
+    count: tuple[int, str] | None = None,
 ) -> Decision:
     """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold.
 
@@ -227,6 +229,7 @@ def decide(
     automatically; only those can be ``relabel``. ``posterior`` is a calibrated
     ``P(label wrong)`` (from :func:`combine_members`); without it the mixture is fitted to
     ``suspicion``. ``strong`` (the members' vote) replaces the ``P(wrong) >= 0.9`` relabel rule.
+    ``count`` (number, source) replaces the estimated count of wrong labels (the exam's).
     """
     mixture = fit_mixture(suspicion) if posterior is None else None
     if posterior is not None:
@@ -240,9 +243,12 @@ def decide(
         method = "mixture (no separation: nothing flagged)"
     relabel_t = _crossing(suspicion, posterior, RELABEL_POSTERIOR)
     expected = round(float(posterior.sum())) if len(posterior) else 0
+    source = "estimated count"
+    if count is not None:
+        expected, source = count
     if expected > 0:
         flag_t = float(np.sort(suspicion)[::-1][min(expected, len(suspicion)) - 1])
-        method += ": estimated count"
+        method += f": {source}"
     else:
         flag_t = 1.0 + _EPS  # nothing is estimated wrong: nothing is flagged
     if threshold is not None:
@@ -287,6 +293,10 @@ class Scored:
     decision: Decision
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra per-sample columns
     member_estimated_errors: dict[str, int] = field(default_factory=dict)
+    exam: Exam | None = None  # the exam rows' blind outcomes
+    flag_count_source: str = "model estimate (no exam)"
+    model_noise_rate: float = 0.0  # mean P(wrong) over the rows decided, exam rows included
+    seed: int = 0
 
     def summary(self, given: np.ndarray, verified_label: np.ndarray, verified: np.ndarray,
                 classes: list[str]) -> dict[str, Any]:
@@ -309,6 +319,13 @@ class Scored:
         }
         if self.member_estimated_errors:
             out["member_estimated_errors"] = self.member_estimated_errors
+        out["flag_count_source"] = self.flag_count_source
+        if self.exam is not None:
+            out["estimates"] = estimates(
+                self.exam, int(free.sum()), int(self.is_suspect.sum()), self.suspicion[free],
+                self.model_noise_rate, classes, self.seed)
+        else:
+            out["estimates"] = {"exam_rows": 0, "note": NO_EXAM}
         return out
 
 
@@ -318,15 +335,22 @@ def score(
     verified: np.ndarray,
     verified_label: np.ndarray,
     threshold: float | None = None,
+    exam: np.ndarray | None = None,
+    seed: int = 0,
 ) -> Scored:
     """Decide every row from ``evidence``.
 
     ``given`` ``(N,)`` are the given labels' class indices, ``verified`` marks rows with a
     verified label ``verified_label`` (elsewhere it equals ``given``). ``threshold`` replaces the
-    derived flag threshold (``audit --threshold``).
+    derived flag threshold (``audit --threshold``). ``exam`` marks verified rows that were
+    trained on blind (:mod:`labelclean.exam`): they are decided like unverified rows, their
+    outcomes kept for the estimates, then revealed as verified rows.
     """
     given = np.asarray(given, dtype=np.int64)
     verified = np.asarray(verified, dtype=bool)
+    exam = np.zeros(len(given), dtype=bool) if exam is None else np.asarray(exam, dtype=bool)
+    reveal = verified & exam
+    verified = verified & ~exam  # decided blind; revealed below
     free = ~verified
     belief = np.asarray(evidence.belief, dtype=np.float64)
     suspicion = np.asarray(evidence.suspicion, dtype=np.float64).copy()
@@ -341,10 +365,15 @@ def score(
             member_errors[name] = round(float(p[free].sum()))
         columns["strong_votes"] = combined.votes
     alt, share = alternative(belief, given)
-    decision = decide(
-        suspicion[free], share[free] >= ALTERNATIVE_SHARE, threshold,
-        None if posterior is None else posterior[free], None if strong is None else strong[free],
-    )
+    args = (suspicion[free], share[free] >= ALTERNATIVE_SHARE, threshold,
+            None if posterior is None else posterior[free], None if strong is None else strong[free])
+    decision = decide(*args)
+    model_rate = float(decision.posterior.mean()) if free.any() else 0.0
+    source = "model estimate (no exam)"
+    if reveal.any():
+        rate = interval(int((given[reveal] != verified_label[reveal]).sum()), int(reveal.sum()))
+        count, source = flag_count(rate, round(float(decision.posterior.sum())), int(free.sum()))
+        decision = decide(*args, count=(count, source))
     n = len(given)
     p_wrong = np.zeros(n)
     p_wrong[free] = decision.posterior
@@ -352,12 +381,21 @@ def score(
     is_suspect[free] = decision.is_suspect
     relabel = np.zeros(n, dtype=bool)
     relabel[free] = decision.relabel
+    outcome = None
+    if reveal.any():
+        outcome = Exam(given[reveal], np.asarray(verified_label)[reveal], is_suspect[reveal].copy(),
+                       suspicion[reveal].copy())
+        verified = verified | reveal
+        free = ~verified
+        p_wrong[reveal] = 0.0
+        is_suspect[reveal] = relabel[reveal] = False
     suspicion[verified] = 0.0
     suggested = np.where(verified, verified_label, alt)
     action = np.where(relabel, S.RELABEL, np.where(is_suspect, S.REVIEW, S.KEEP)).astype(object)
     action[verified] = S.VERIFIED_ACTION
     return Scored(suspicion, p_wrong, is_suspect, relabel, action, suggested,
-                  belief.argmax(1), ranks(suspicion, free), decision, columns, member_errors)
+                  belief.argmax(1), ranks(suspicion, free), decision, columns, member_errors,
+                  outcome, source, model_rate, seed)
 
 
 def threshold_flags(suspicion: np.ndarray, verified: np.ndarray, threshold: float) -> np.ndarray:

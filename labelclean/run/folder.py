@@ -43,7 +43,7 @@ class Run:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path / 'summary.json'}: not valid JSON ({exc})") from None
         version = summary.get("scores_schema_version")
-        if version != S.SCORES_SCHEMA_VERSION:
+        if version not in S.READABLE_SCHEMA_VERSIONS:
             raise DataError(
                 f"{path}: written with run schema {version or 1}, this labelclean reads "
                 f"schema {S.SCORES_SCHEMA_VERSION}; audit the dataset again"

@@ -22,7 +22,9 @@ import numpy as np
 import pandas as pd
 
 #: Bumped whenever a column is added, removed, renamed or changes meaning.
-SCORES_SCHEMA_VERSION = 2
+SCORES_SCHEMA_VERSION = 3
+#: Versions this labelclean reads (3 added the ``exam`` column; a run of 2 reads without it).
+READABLE_SCHEMA_VERSIONS = (2, 3)
 
 SAMPLE_ID = "sample_id"
 PATH = "path"
@@ -37,6 +39,7 @@ ACTION = "action"
 VERIFIED = "verified"
 P_WRONG = "p_wrong"
 SOURCE = "source"  # "dataset" or "trusted" (an image only the trusted file names)
+EXAM = "exam"  # a verified row scored blind to measure the audit (labelclean.exam)
 
 # Extra per-sample columns some methods add.
 AGREEMENT = "agreement"
@@ -122,6 +125,8 @@ def coerce(frame: pd.DataFrame, types: dict[str, str] | None = None) -> pd.DataF
             out[column] = pd.to_numeric(out[column].replace("", pd.NA)).astype("Int64")
         else:
             out[column] = out[column].astype(object).where(out[column].notna(), "").astype(str)
+    if EXAM in out.columns:
+        out[EXAM] = _as_bool(out[EXAM], EXAM)
     for column in out.columns:
         if column.endswith(EVIDENCE_SUFFIX) or column.endswith("_p_wrong") or column == AGREEMENT:
             out[column] = pd.to_numeric(out[column], errors="coerce")

@@ -1,0 +1,201 @@
+"""The exam: verified rows scored blind, and the estimates with intervals they give.
+
+A random share of the verified rows that are also dataset rows (the *exam*, stratified by class)
+is trained on with its **given** label and scored exactly like every other row, blind to its
+verified label; the other verified rows stay the reference set the meta methods need. After
+scoring, the exam rows' verified labels measure the audit on the team's own noise:
+
+* the noise rate (given differs from verified), overall and per given class;
+* the recall of the flagged set (flagged among wrong), its false-positive rate (flagged among
+  right) and its precision (wrong among flagged);
+* what reviewing the top N would find.
+
+Every proportion gets a 90% Wilson score interval; "reviewing the top N finds about X wrong
+labels" combines the noise rate with the recall above the top-N cut, so its interval is a
+percentile bootstrap over the exam rows.
+
+The estimates hold if the verified rows are a random sample of the dataset (``labelclean
+sample-trusted`` draws one); :func:`representativeness` warns when their class proportions are
+visibly not the dataset's. Trusted rows that are not dataset rows are never in the exam.
+
+The split (:data:`EXAM_SHARE`, :data:`MIN_REFERENCE_PER_CLASS`, :data:`MIN_EXAM`) is argued in
+docs/benchmarks.md ("Estimates with intervals").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: Share of the verified dataset rows that go to the exam (the rest stays the reference set).
+EXAM_SHARE = 0.5
+#: Verified rows per class that always stay in the reference set (the meta methods need one).
+MIN_REFERENCE_PER_CLASS = 2
+#: Fewer exam rows than this and there is no exam: intervals would be too wide to act on.
+MIN_EXAM = 20
+#: Fewer wrong labels than this among the exam rows, and recall is reported as not estimable.
+MIN_WRONG_FOR_RECALL = 5
+NO_EXAM = (f"no exam: fewer than {MIN_EXAM} verified dataset rows could be held out, so these "
+           "estimates come from the model alone, with no interval")
+#: Two-sided 90% intervals.
+LEVEL = 0.90
+Z = 1.6448536269514722  # the standard normal's 95% quantile
+BOOTSTRAP = 2000
+#: Total variation distance between the class proportions of the verified rows and the
+#: dataset's above which the verified rows are said not to look like a random sample.
+MAX_CLASS_SHIFT = 0.15
+
+
+def wilson(k: int, n: int, z: float = Z) -> tuple[float, float, float]:
+    """Proportion ``k / n`` with its Wilson score interval: ``(estimate, low, high)``.
+
+    ``n == 0`` gives ``(nan, 0, 1)``: nothing is known.
+    """
+    if n <= 0:
+        return math.nan, 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def interval(k: int, n: int) -> dict[str, Any]:
+    p, lo, hi = wilson(k, n)
+    return {"estimate": None if math.isnan(p) else round(p, 4), "low": round(lo, 4),
+            "high": round(hi, 4), "k": int(k), "n": int(n)}
+
+
+def split_exam(verified_label: np.ndarray, eligible: np.ndarray, num_classes: int, seed: int,
+               share: float = EXAM_SHARE) -> np.ndarray:
+    """The exam rows: a random ``share`` of the ``eligible`` rows (verified dataset rows) of
+    each verified class, leaving at least :data:`MIN_REFERENCE_PER_CLASS` per class in the
+    reference set. All ``False`` when that gives fewer than :data:`MIN_EXAM` rows."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    exam = np.zeros(len(eligible), dtype=bool)
+    if share <= 0:
+        return exam
+    for k in range(num_classes):
+        rows = np.flatnonzero(eligible & (verified_label == k))
+        take = min(math.floor(share * len(rows)), len(rows) - MIN_REFERENCE_PER_CLASS)
+        if take > 0:
+            exam[rng.choice(rows, take, replace=False)] = True
+    return exam if exam.sum() >= MIN_EXAM else np.zeros_like(exam)
+
+
+def representativeness(verified_label: np.ndarray, verified: np.ndarray, given: np.ndarray,
+                       classes: list[str]) -> str | None:
+    """A one-line warning when the verified rows' classes are visibly not the dataset's."""
+    c = len(classes)
+    if verified.sum() < MIN_EXAM:
+        return None
+    mine = np.bincount(verified_label[verified], minlength=c) / verified.sum()
+    theirs = np.bincount(given, minlength=c) / len(given)
+    shift = 0.5 * float(np.abs(mine - theirs).sum())
+    if shift <= MAX_CLASS_SHIFT:
+        return None
+    worst = int(np.argmax(np.abs(mine - theirs)))
+    return (f"the verified rows do not look like a random sample of the dataset (class "
+            f"proportions differ by {shift:.0%}; {classes[worst]!r}: {mine[worst]:.0%} of the "
+            f"verified rows, {theirs[worst]:.0%} of the dataset): the exam's estimates assume a "
+            "random sample ('labelclean sample-trusted' draws one)")
+
+
+@dataclass
+class Exam:
+    """The exam rows' blind outcomes (all arrays over exam rows only)."""
+
+    given: np.ndarray
+    truth: np.ndarray  # verified labels
+    flagged: np.ndarray
+    suspicion: np.ndarray
+
+    @property
+    def wrong(self) -> np.ndarray:
+        return self.given != self.truth
+
+    def __len__(self) -> int:
+        return len(self.given)
+
+
+def estimates(exam: Exam, population: int, flagged: int, suspicion_free: np.ndarray,
+              model_rate: float, classes: list[str], seed: int,
+              top_ns: tuple[int, ...] = (100, 500, 1000)) -> dict[str, Any]:
+    """The exam's estimates for the ``population`` unverified rows, with 90% intervals.
+
+    ``flagged`` is the audit's flagged count over those rows; ``suspicion_free`` the suspicion
+    of every row the decision ranked (for the top-N cuts); ``model_rate`` the model's own
+    estimated noise rate, compared with the exam's.
+    """
+    wrong = exam.wrong
+    n, k = len(exam), int(wrong.sum())
+    rate = interval(k, n)
+    out: dict[str, Any] = {
+        "exam_rows": n, "exam_wrong": k, "level": LEVEL, "population": int(population),
+        "noise_rate": rate,
+        "expected_wrong_labels": {key: (None if rate[key] is None else round(rate[key] * population))
+                                  for key in ("estimate", "low", "high")},
+        "precision": interval(int((exam.flagged & wrong).sum()), int(exam.flagged.sum())),
+        "false_positive_rate": interval(int((exam.flagged & ~wrong).sum()), int((~wrong).sum())),
+    }
+    if k >= MIN_WRONG_FOR_RECALL:
+        out["recall"] = interval(int((exam.flagged & wrong).sum()), k)
+    else:
+        out["recall"] = None
+        out["recall_note"] = (f"only {k} wrong label(s) among the {n} exam rows: too few to "
+                              f"estimate recall (at least {MIN_WRONG_FOR_RECALL} needed)")
+    per_class = {}
+    for c, name in enumerate(classes):
+        mask = exam.given == c
+        per_class[name] = interval(int((wrong & mask).sum()), int(mask.sum()))
+    out["noise_rate_per_class"] = per_class
+    # Reviewing the top N rests on the recall above each cut: not estimable without wrong labels.
+    out["top_n"] = (_top_n(exam, population, suspicion_free, flagged, seed, top_ns)
+                    if out["recall"] is not None else [])
+    lo, hi = rate["low"], rate["high"]
+    out["model_noise_rate"] = round(model_rate, 4)
+    out["model_agrees"] = bool(lo <= model_rate <= hi)
+    return out
+
+
+def _top_n(exam: Exam, population: int, suspicion: np.ndarray, flagged: int, seed: int,
+           top_ns: tuple[int, ...]) -> list[dict[str, Any]]:
+    """Wrong labels found by reviewing the top N of the ``suspicion`` ranking (the unverified
+    rows): ``population * rate * recall(cut_N)`` where ``cut_N`` is the N-th suspicion, capped
+    at N, with a percentile bootstrap interval over the exam rows."""
+    ranked = np.sort(np.asarray(suspicion, dtype=np.float64))[::-1]
+    sizes = sorted({n for n in (*top_ns, flagged) if 0 < n < len(ranked)} | {len(ranked)})
+    rng = np.random.default_rng([seed, 0xB007])
+    boot = rng.integers(0, len(exam), size=(BOOTSTRAP, len(exam)))
+    every = np.arange(len(exam))[None, :]
+    wrong = exam.wrong
+    out = []
+    for size in sizes:
+        above = exam.suspicion >= ranked[size - 1]
+
+        def found(idx: np.ndarray, above: np.ndarray = above, size: int = size) -> np.ndarray:
+            w = wrong[idx]
+            hits = (w & above[idx]).sum(axis=-1)
+            n_wrong = w.sum(axis=-1)
+            recall = np.divide(hits, n_wrong, out=np.zeros(hits.shape), where=n_wrong > 0)
+            return np.minimum(size, w.mean(axis=-1) * population * recall)
+
+        lo, hi = np.quantile(found(boot), [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
+        out.append({"top": int(size), "wrong_found": round(float(found(every)[0])),
+                    "low": round(float(lo)), "high": round(float(hi)),
+                    "is_flagged_count": size == flagged})
+    return out
+
+
+def flag_count(exam_rate: dict[str, Any] | None, model_count: int, rows: int) -> tuple[int, str]:
+    """The number of rows to flag: the model's estimated count while the exam agrees with it,
+    else the exam's noise rate times ``rows`` (the model is demonstrably off)."""
+    if exam_rate is None or exam_rate["estimate"] is None:
+        return model_count, "model estimate (no exam)"
+    model_rate = model_count / rows if rows else 0.0
+    if exam_rate["low"] <= model_rate <= exam_rate["high"]:
+        return model_count, "model estimate (inside the exam's interval)"
+    return round(exam_rate["estimate"] * rows), "exam noise rate (the model's estimate was outside its interval)"

@@ -1,0 +1,159 @@
+"""The exam: verified rows scored blind, Wilson intervals, the flag count, gates."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelclean import RunConfig, audit
+from labelclean.exam import (
+    MIN_EXAM,
+    MIN_REFERENCE_PER_CLASS,
+    Exam,
+    estimates,
+    flag_count,
+    interval,
+    representativeness,
+    split_exam,
+    wilson,
+)
+from labelclean.scoring import Evidence, score
+from tests.conftest import FAST
+
+
+def test_wilson_interval_known_values_and_coverage():
+    p, lo, hi = wilson(0, 50)
+    assert p == 0 and lo == 0 and hi == pytest.approx(1.6449**2 / (50 + 1.6449**2), abs=1e-4)
+    p, lo, hi = wilson(25, 50)
+    assert p == 0.5 and 0.5 - lo == pytest.approx(hi - 0.5)
+    assert wilson(5, 0)[1:] == (0.0, 1.0)
+    # 90% intervals cover the true rate about 90% of the time (binomial draws, exact check).
+    rng = np.random.default_rng(0)
+    for rate, n in ((0.05, 60), (0.3, 40), (0.6, 100)):
+        ks = rng.binomial(n, rate, 4000)
+        covered = np.mean([lo <= rate <= hi for _, lo, hi in (wilson(int(k), n) for k in ks)])
+        assert 0.85 <= covered <= 0.97, (rate, n, covered)
+
+
+def test_split_is_stratified_keeps_a_reference_and_is_deterministic():
+    labels = np.repeat(np.arange(4), 30)
+    eligible = np.ones(120, dtype=bool)
+    eligible[::7] = False
+    exam = split_exam(labels, eligible, 4, seed=3)
+    assert not (exam & ~eligible).any()
+    for k in range(4):
+        rows = eligible & (labels == k)
+        assert exam[rows].sum() == rows.sum() // 2
+        assert (rows & ~exam).sum() >= MIN_REFERENCE_PER_CLASS
+    assert (split_exam(labels, eligible, 4, seed=3) == exam).all()
+    assert (split_exam(labels, eligible, 4, seed=4) != exam).any()
+    few = np.zeros(120, dtype=bool)
+    few[: MIN_EXAM + 3] = True  # one class only: half of it is fewer than MIN_EXAM
+    assert not split_exam(labels, few, 4, seed=0).any()
+    assert not split_exam(labels, eligible, 4, seed=0, share=0).any()
+
+
+def test_exam_rows_are_decided_blind_then_revealed_as_verified():
+    rng = np.random.default_rng(0)
+    n, c = 400, 3
+    truth = rng.integers(0, c, n)
+    given = truth.copy()
+    wrong = rng.random(n) < 0.3
+    given[wrong] = (truth[wrong] + 1) % c
+    # A model that doubts wrong labels, with overlap, and underestimates how many there are.
+    suspicion = np.clip(np.where(wrong, rng.beta(4, 2, n), rng.beta(1, 6, n)), 1e-3, 1 - 1e-3)
+    belief = np.full((n, c), 0.1)
+    belief[np.arange(n), truth] = 0.8
+    verified = np.zeros(n, dtype=bool)
+    verified[:120] = True
+    exam = np.zeros(n, dtype=bool)
+    exam[:100] = True
+    scored = score(Evidence(suspicion, belief / belief.sum(1, keepdims=True)), given, verified,
+                   np.where(verified, truth, given), exam=exam, seed=1)
+    assert scored.exam is not None and len(scored.exam) == 100
+    assert (scored.exam.truth == truth[:100]).all() and scored.exam.flagged.any()
+    # Revealed: verified, never flagged or ranked, suggestion is the verified label.
+    assert (scored.action[:120] == "verified").all() and not scored.is_suspect[:120].any()
+    assert (scored.rank[:120] == 0).all() and (scored.suggested[:120] == truth[:120]).all()
+    summary = scored.summary(given, np.where(verified, truth, given), verified, ["a", "b", "c"])
+    e = summary["estimates"]
+    assert e["exam_rows"] == 100 and e["exam_wrong"] == int(wrong[:100].sum())
+    assert e["noise_rate"]["low"] <= wrong[:100].mean() <= e["noise_rate"]["high"]
+    assert e["population"] == n - 120 and e["recall"]["n"] == int(wrong[:100].sum())
+    assert set(e["noise_rate_per_class"]) == {"a", "b", "c"}
+
+
+def test_the_flag_count_follows_the_exam_only_when_the_model_is_outside_its_interval():
+    rate = interval(30, 100)  # 30% [22.9%, 38.0%]
+    assert flag_count(rate, 300, 1000) == (300, "model estimate (inside the exam's interval)")
+    count, source = flag_count(rate, 150, 1000)
+    assert count == 300 and source.startswith("exam noise rate")
+    assert flag_count(None, 150, 1000)[0] == 150
+
+
+def test_top_n_is_not_claimed_without_wrong_labels_in_the_exam():
+    exam = Exam(np.array([0] * 30), np.array([0] * 28 + [1, 1]), np.zeros(30, dtype=bool),
+                np.linspace(0, 1, 30))
+    e = estimates(exam, 1000, 10, np.linspace(0, 1, 1000), 0.05, ["x", "y"], 0)
+    assert e["recall"] is None and "too few" in e["recall_note"] and e["top_n"] == []
+
+
+def test_representativeness_warns_on_a_skewed_verified_set():
+    given = np.repeat(np.arange(2), 500)
+    verified = np.zeros(1000, dtype=bool)
+    verified[:60] = True  # all from class 0
+    assert "do not look like a random sample" in representativeness(given, verified, given, ["a", "b"])
+    verified[:] = False
+    verified[::20] = True
+    assert representativeness(given, verified, given, ["a", "b"]) is None
+
+
+def _big_tiny(tmp_path):
+    from tests.conftest import build_tiny
+
+    tiny = build_tiny(tmp_path, per_class=40, flips=12)
+    truth = tiny.truth
+    # A random sample of rows verified (true labels), as a team would verify them.
+    pick = np.random.default_rng(0).choice(len(truth), 60, replace=False)
+    trusted = tiny.csv.parent / "verified.csv"
+    pd.DataFrame({"path": truth["path"].iloc[pick], "label": truth["true"].iloc[pick]}).to_csv(
+        trusted, index=False)
+    return tiny, trusted
+
+
+def test_audit_reports_estimates_and_marks_the_exam(tmp_path):
+    tiny, trusted = _big_tiny(tmp_path)
+    result = audit(RunConfig(dataset=str(tiny.csv), trusted=str(trusted), out=str(tmp_path / "r"),
+                             backbone="test_tiny", epochs=3, batch_size=16, image_size=12,
+                             report=False))
+    s = result.summary
+    assert s["exam_rows"] == result.scores["exam"].sum() >= MIN_EXAM
+    assert result.scores.loc[result.scores["exam"], "verified"].all()
+    e = s["estimates"]
+    assert 0 <= e["noise_rate"]["low"] <= e["noise_rate"]["high"] <= 1
+    assert e["population"] == s["samples_scored"] and s["flag_count_source"]
+    back = pd.read_csv(tmp_path / "r" / "scores.csv")
+    assert back["exam"].sum() == s["exam_rows"]
+    # No trusted set: still works, and says the estimates have no exam behind them.
+    bare = audit(RunConfig(dataset=str(tiny.csv), out=str(tmp_path / "bare"), backbone="test_tiny",
+                           epochs=2, batch_size=16, image_size=12, report=False))
+    assert bare.summary["estimates"]["exam_rows"] == 0 and "no exam" in bare.summary["estimates"]["note"]
+
+
+def test_gates_exit_3_after_writing_the_run(tmp_path, cli):
+    tiny, trusted = _big_tiny(tmp_path)
+    args = ["audit", tiny.csv, "--trusted", trusted, "--out", tmp_path / "r", *FAST]
+    code, _, err = cli(*args, "--threshold", "0.05", "--fail-if-flagged-above", "0")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["flagged"] > 0
+    assert code == 3 and f"gate crossed: flagged {summary['flagged']} > --fail-if-flagged-above 0" in err
+    code, _, err = cli(*args, "--overwrite", "--fail-if-noise-above", "0")
+    low = json.loads((tmp_path / "r" / "summary.json").read_text())["estimates"]["noise_rate"]["low"]
+    assert (code == 3) == (low > 0) and ("noise rate above 0.0%" in err) == (low > 0)
+    code, _, err = cli(*args, "--overwrite", "--fail-if-noise-above", "1", "--fail-if-flagged-above", "100000")
+    assert code == 0, err
+    code, _, _ = cli(*args, "--overwrite", "--fail-if-noise-above", "1.5")
+    assert code == 2
