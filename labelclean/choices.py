@@ -19,6 +19,7 @@ Sort = Literal["rank", "suspicion", "given_label", "suggested_label"]
 TableFormat = Literal["table", "json"]
 ExportFormat = Literal["csv", "parquet", "jsonl", "label-studio"]
 Policy = Literal["relabel", "flag", "drop"]
+SampleFormat = Literal["csv", "label-studio"]
 
 
 def values(choice: object) -> tuple[str, ...]:

@@ -203,6 +203,50 @@ def import_decisions_cmd(
               highlight=False)
 
 
+@app.command("sample-trusted", epilog="Example: labelclean sample-trusted ./dataset --n 200 --out to_verify.csv")
+def sample_trusted(
+    dataset: Annotated[Path, typer.Argument(help="Image folder or CSV/Parquet/JSON-lines manifest.")],
+    out_file: Annotated[Path, typer.Option("--out", help="CSV of the rows to verify (id, path, given label); correct the labels, then pass it as --trusted.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Rows to draw (stratified by given label, random within each class).")] = 200,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    expected_noise: Annotated[float, typer.Option(min=0.0, max=1.0, help="Noise rate to size the interval for (or take it from --run).")] = 0.1,
+    run_dir: Annotated[Optional[Path], typer.Option("--run", help="An earlier audit: size the interval at its estimated noise rate.")] = None,
+    fmt: Annotated[C.SampleFormat, typer.Option("--format", help="csv, or label-studio: also Label Studio tasks with the given label to check.")] = "csv",
+    from_label_studio: Annotated[Optional[Path], typer.Option(help="A reviewed Label Studio JSON export of the sample's tasks; DATASET is then the sample CSV, and --out the trusted file to write.")] = None,
+    path_column: Annotated[str, typer.Option(help="Manifest column with image paths.")] = "path",
+    label_column: Annotated[str, typer.Option(help="Manifest column with labels.")] = "label",
+    id_column: Annotated[Optional[str], typer.Option(help="Manifest column with sample ids.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+) -> None:
+    """Draw a random sample of rows to verify: the trusted set whose exam gives the audit's intervals."""
+    from labelclean.run.writer import check_destination
+    from labelclean.verify import interval_width, sample_to_verify, trusted_from_label_studio, write_sample
+
+    if from_label_studio is not None:
+        check_destination(out_file, {Path(dataset).resolve(), Path(from_label_studio).resolve()}, overwrite)
+        rows, changed = trusted_from_label_studio(dataset, from_label_studio, out_file)
+        err.print(f"{rows} verified row(s), {changed} relabelled by reviewers", highlight=False)
+        out.print(escape(str(out_file)), highlight=False)
+        return
+    check_destination(out_file, {Path(dataset).resolve()}, overwrite)
+    if run_dir is not None:
+        from labelclean.run.folder import Run
+
+        summary = Run.open(run_dir).summary
+        rate = (summary.get("estimates") or {}).get("noise_rate") or {}
+        expected_noise = rate.get("estimate") or summary.get("estimated_noise_rate", expected_noise)
+    frame, total = sample_to_verify(dataset, n, seed, path_column, label_column, id_column)
+    written = write_sample(frame, out_file, fmt == "label-studio")
+    width = interval_width(len(frame), expected_noise)
+    err.print(f"{len(frame)} of {total} rows drawn at random (stratified by given label). At a noise "
+              f"rate of {expected_noise:.1%}, the exam (half of them, scored blind) gives a 90% "
+              f"interval about {width:.1%} wide; verify each row's label, then run "
+              f"'labelclean audit {escape(str(dataset))} --trusted {escape(str(out_file))}'",
+              highlight=False, soft_wrap=True)
+    for path in written:
+        out.print(escape(str(path)), highlight=False)
+
+
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A run folder written by 'labelclean audit'.")],
@@ -231,6 +275,7 @@ def simulate(
     out_dir: Annotated[Path, typer.Option("--out", help="Folder for noisy manifest, truth.csv, trusted.csv, noise.json.")],
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     trusted_per_class: Annotated[int, typer.Option(min=0, help="Clean samples per class written to trusted.csv (kept out of the noisy part).")] = 10,
+    trusted_sample: Annotated[bool, typer.Option(help="trusted.csv verifies a random sample of the noisy manifest's rows (trusted-per-class x classes), as a team verifying a sample would; the audit's exam needs this.")] = False,
     class_map: Annotated[Optional[str], typer.Option("--map", help="For asymmetric noise: SOURCE:TARGET,... e.g. cat:dog,truck:automobile")] = None,
     path_column: Annotated[str, typer.Option(help="Manifest column with image paths.")] = "path",
     label_column: Annotated[str, typer.Option(help="Manifest column with labels.")] = "label",
@@ -240,7 +285,7 @@ def simulate(
     from labelclean.simulate import simulate as run_simulate
 
     report = run_simulate(dataset, out_dir, noise, rate, seed, trusted_per_class, class_map,
-                          path_column, label_column, id_column)
+                          path_column, label_column, id_column, trusted_sample)
     out.print(f"{report['noise']} noise at rate {rate}: {report['flipped']} of {report['samples']} "
               f"labels changed (realised rate {report['realised_rate']:.4f}); "
               f"{report['trusted']} trusted -> {escape(str(out_dir))}", highlight=False)

@@ -199,3 +199,43 @@ def flag_count(exam_rate: dict[str, Any] | None, model_count: int, rows: int) ->
     if exam_rate["low"] <= model_rate <= exam_rate["high"]:
         return model_count, "model estimate (inside the exam's interval)"
     return round(exam_rate["estimate"] * rows), "exam noise rate (the model's estimate was outside its interval)"
+
+
+# -- how the estimates read (terminal summary and report.html) -------------------------
+def _iv(x: dict, pct: bool = True) -> str:
+    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.2f}")
+    return "n/a" if x is None or x["estimate"] is None else f"{f(x['estimate'])} [{f(x['low'])}, {f(x['high'])}]"
+
+
+def noise_rate_text(summary: dict) -> str:
+    """The exam's noise rate with its interval where there is an exam, else the model's."""
+    rate = (summary.get("estimates") or {}).get("noise_rate")
+    if rate and rate["estimate"] is not None:
+        return f"{_iv(rate)} (exam; the model says {summary['estimated_noise_rate']:.1%})"
+    return f"{summary['estimated_noise_rate']:.1%} (model, no exam)"
+
+
+def estimate_lines(summary: dict) -> list[str]:
+    """The exam's estimates with their 90% intervals, as the terminal summary prints them."""
+    e = summary.get("estimates") or {}
+    if not e.get("exam_rows"):
+        return [f"estimates: {e.get('note', 'no exam')}"] if e else []
+    rate = e["noise_rate"]
+    wrong = e["expected_wrong_labels"]
+    lines = [
+        f"exam: {e['exam_rows']} verified rows scored blind ({e['exam_wrong']} of them mislabelled); "
+        f"90% intervals: noise rate {_iv(rate)}, about {wrong['estimate']:,} wrong labels "
+        f"[{wrong['low']:,}, {wrong['high']:,}] among {e['population']:,}",
+        f"flagged set: precision {_iv(e['precision'])}, recall "
+        f"{_iv(e['recall']) if e['recall'] else 'n/a (' + e['recall_note'] + ')'}, "
+        f"false-positive rate {_iv(e['false_positive_rate'])}; flag count from the "
+        f"{summary.get('flag_count_source', 'model estimate')}",
+    ]
+    if e["top_n"]:
+        lines.append("reviewing " + "; ".join(
+            f"the top {t['top']:,}{' (flagged)' if t['is_flagged_count'] else ''} finds about "
+            f"{t['wrong_found']:,} [{t['low']:,}, {t['high']:,}]" for t in e["top_n"]))
+    if not e["model_agrees"]:
+        lines.append(f"note: the model's own estimate of the noise rate, {e['model_noise_rate']:.1%}, "
+                     f"is outside the exam's interval; the exam is the one to trust")
+    return lines

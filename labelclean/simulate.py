@@ -91,10 +91,16 @@ class Simulation:
     trusted: np.ndarray  # (N,) bool
     matrix: np.ndarray | None  # documented matrix, class-conditional types only
     realised: np.ndarray  # realised transition (rows true)
+    trusted_sample: bool = False  # trusted rows are a random sample, noisy like the rest
+
+    @property
+    def in_manifest(self) -> np.ndarray:
+        """Rows of the noisy manifest: all of them when the trusted rows are a sample."""
+        return np.ones(len(self.true), dtype=bool) if self.trusted_sample else ~self.trusted
 
     @property
     def realised_rate(self) -> float:
-        free = ~self.trusted
+        free = self.in_manifest
         return float((self.noisy[free] != self.true[free]).mean()) if free.any() else 0.0
 
 
@@ -128,9 +134,15 @@ def _softmax_regression(x: np.ndarray, y: np.ndarray, c: int, seed: int) -> np.n
 def simulate_labels(
     true: np.ndarray, c: int, kind: str, rate: float, seed: int, trusted_per_class: int = 0,
     mapping: dict[int, int] | None = None, paths: list[str] | None = None,
+    trusted_sample: bool = False,
 ) -> Simulation:
     """Draw noisy labels for ``true`` (class indices). ``paths`` are needed for instance and
-    neighbor noise."""
+    neighbor noise.
+
+    ``trusted_sample``: the trusted rows are a simple random sample of ``trusted_per_class * c``
+    rows that get noise like every other row (what a team verifying a random sample has; the
+    audit's exam needs it); otherwise ``trusted_per_class`` clean rows per class, never noisy.
+    """
     if kind not in NOISE_TYPES:
         raise ConfigError(f"--noise: expected one of {', '.join(NOISE_TYPES)}, found {kind!r}")
     if not 0 <= rate <= 1:
@@ -138,11 +150,14 @@ def simulate_labels(
     rng = np.random.default_rng(seed)
     n = len(true)
     trusted = np.zeros(n, dtype=bool)
-    for k in range(c):
-        members = np.flatnonzero(true == k)
-        take = min(trusted_per_class, len(members))
-        trusted[rng.choice(members, take, replace=False)] = True
-    free = np.flatnonzero(~trusted)
+    if trusted_sample:
+        trusted[rng.choice(n, min(n, trusted_per_class * c), replace=False)] = True
+    else:
+        for k in range(c):
+            members = np.flatnonzero(true == k)
+            take = min(trusted_per_class, len(members))
+            trusted[rng.choice(members, take, replace=False)] = True
+    free = np.flatnonzero(~trusted) if not trusted_sample else np.arange(n)
     noisy = true.copy()
     matrix = None
     if kind in ("instance", "neighbor"):
@@ -171,14 +186,15 @@ def simulate_labels(
         u = rng.random(len(free))
         cdf = np.cumsum(matrix[true[free]], axis=1)
         noisy[free] = np.minimum((u[:, None] > cdf).sum(1), c - 1)
-    realised = transition_from_labels(true[~trusted], noisy[~trusted], c)
-    return Simulation(noisy, true, trusted, matrix, realised)
+    rows = ~trusted if not trusted_sample else np.ones(n, dtype=bool)
+    realised = transition_from_labels(true[rows], noisy[rows], c)
+    return Simulation(noisy, true, trusted, matrix, realised, trusted_sample)
 
 
 def simulate(
     dataset: Path, out: Path, kind: str, rate: float, seed: int = 0, trusted_per_class: int = 10,
     class_map: str | None = None, path_column: str = "path", label_column: str = "label",
-    id_column: str | None = None,
+    id_column: str | None = None, trusted_sample: bool = False,
 ) -> dict[str, Any]:
     """Write ``noisy.{csv,parquet}``, ``truth.csv``, ``trusted.csv`` and ``noise.json`` to ``out``.
 
@@ -193,7 +209,7 @@ def simulate(
     index = {name: i for i, name in enumerate(classes)}
     true = np.array([index[v] for v in labels])
     counts = np.bincount(true, minlength=len(classes))
-    if trusted_per_class >= counts.min():
+    if not trusted_sample and trusted_per_class >= counts.min():
         small = classes[int(counts.argmin())]
         raise ConfigError(
             f"--trusted-per-class {trusted_per_class}: class {small!r} has only "
@@ -202,7 +218,8 @@ def simulate(
     mapping = parse_map(class_map, classes) if kind == "asymmetric" and class_map else None
     paths = [str((inp.base_dir / p).resolve()) if not Path(p).is_absolute() else p
              for p in map(str, inp.frame[inp.path_column])] if kind in ("instance", "neighbor") else None
-    sim = simulate_labels(true, len(classes), kind, rate, seed, trusted_per_class, mapping, paths)
+    sim = simulate_labels(true, len(classes), kind, rate, seed, trusted_per_class, mapping, paths,
+                          trusted_sample)
     out = Path(out)
     if out.resolve() == inp.base_dir.resolve():
         raise ConfigError(f"--out {out}: choose a folder other than the dataset's own")
@@ -214,7 +231,7 @@ def simulate(
     names = np.array(classes, dtype=object)
     noisy_values = [label_text(v) for v in names[sim.noisy]]
     frame[inp.label_column] = _like(inp.frame[inp.label_column], noisy_values)
-    keep = ~sim.trusted
+    keep = sim.in_manifest
     fmt = "parquet" if inp.kind == "parquet" else "csv"
     write_table(out / f"noisy.{fmt}", frame[keep].reset_index(drop=True))
     trusted = frame[sim.trusted][[c for c in frame.columns if c in ("id", inp.path_column, inp.label_column)]]
@@ -226,6 +243,7 @@ def simulate(
                 pd.DataFrame(sim.realised, index=pd.Index(classes, name="true\\noisy"), columns=classes).reset_index())
     report = {
         "noise": kind, "rate": rate, "seed": seed, "trusted_per_class": trusted_per_class,
+        "trusted_sample": trusted_sample,
         "classes": classes, "samples": int(keep.sum()), "trusted": int(sim.trusted.sum()),
         "flipped": int((sim.noisy[keep] != sim.true[keep]).sum()),
         "realised_rate": round(sim.realised_rate, 6),

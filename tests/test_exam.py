@@ -157,3 +157,54 @@ def test_gates_exit_3_after_writing_the_run(tmp_path, cli):
     assert code == 0, err
     code, _, _ = cli(*args, "--overwrite", "--fail-if-noise-above", "1.5")
     assert code == 2
+
+
+def test_allocation_is_proportional_and_exact():
+    from labelclean.verify import allocate
+
+    take = allocate(np.array([500, 300, 200, 7]), 100)
+    assert take.sum() == 100 and list(take) == [49, 30, 20, 1]  # largest remainders
+    assert list(allocate(np.array([3, 3]), 6)) == [3, 3]
+
+
+def test_sample_trusted_draws_a_stratified_sample_that_audits_as_the_exam(tmp_path, cli):
+    from tests.conftest import build_tiny
+
+    tiny = build_tiny(tmp_path, per_class=40, flips=12)
+    out = tmp_path / "verify" / "to_verify.csv"
+    code, stdout, err = cli("sample-trusted", tiny.csv, "--n", "60", "--out", out, "--format",
+                            "label-studio", "--seed", "3")
+    assert code == 0, err
+    drawn = pd.read_csv(out)
+    assert len(drawn) == 60 and drawn["id"].is_unique
+    given = pd.read_csv(tiny.csv).set_index("id")["label"]
+    assert drawn["label"].value_counts().to_dict() == given.loc[drawn["id"]].value_counts().to_dict()
+    assert abs(drawn["label"].value_counts() - given.value_counts() / 120 * 60).max() <= 1
+    assert "interval about" in err and str(out) in stdout
+    tasks = json.loads((tmp_path / "verify" / "to_verify-label-studio.json").read_text())
+    assert len(tasks) == 60 and tasks[0]["data"]["sample_id"] == drawn["id"][0]
+    again = tmp_path / "again.csv"
+    assert cli("sample-trusted", tiny.csv, "--n", "60", "--out", again, "--seed", "3")[0] == 0
+    assert pd.read_csv(again)["id"].tolist() == drawn["id"].tolist()  # same seed, same draw
+
+    # Reviewers check every task in Label Studio and correct the wrong ones; their export
+    # becomes the trusted file, and the audit scores half of it blind.
+    truth = tiny.truth.set_index("id")["true"]
+    for task in tasks:
+        label = truth[task["data"]["sample_id"]]
+        task["annotations"] = [{"result": [{"type": "choices", "value": {"choices": [label]}}],
+                                "updated_by": 7, "updated_at": "2026-11-22T10:00:00Z"}]
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps(tasks))
+    trusted = tmp_path / "trusted.csv"
+    code, _, err = cli("sample-trusted", out, "--from-label-studio", export, "--out", trusted)
+    assert code == 0, err
+    verified = pd.read_csv(trusted)
+    assert len(verified) == 60
+    assert (verified["label"].to_numpy() == truth.loc[verified["id"]].to_numpy()).all()
+    changed = int((drawn["label"].to_numpy() != truth.loc[drawn["id"]].to_numpy()).sum())
+    assert f"60 verified row(s), {changed} relabelled" in err
+    code, _, err = cli("audit", tiny.csv, "--trusted", trusted, "--out", tmp_path / "run", *FAST)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["verified"] == 60 and summary["exam_rows"] >= MIN_EXAM

@@ -23,6 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from labelclean.data.images import load_image
+from labelclean.exam import estimate_lines, noise_rate_text
 from labelclean.io import read_table, write_text
 from labelclean.run import schema as S
 from labelclean.run.folder import Run
@@ -141,7 +142,7 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
         ("verified (trusted)", summary.get("verified")), ("skipped", summary.get("skipped")),
         ("flagged", summary.get("flagged")), ("to relabel", summary.get("relabel")),
         ("to review", summary.get("review")),
-        ("estimated noise rate", f"{summary.get('estimated_noise_rate', 0):.1%}"),
+        ("estimated noise rate", noise_rate_text(summary)),
         ("flag threshold", f"{summary.get('threshold', 0):.3f} ({summary.get('threshold_method', '')})"),
     ]
     page = _environment().get_template("report.html.j2").render(
@@ -149,6 +150,7 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
         per_class=[(str(k), float(v)) for k, v in rates.items()],
         heat=_heat(transition) if transition is not None else None, sections=sections,
         data=_safe_json(data), notes=[str(n) for n in summary.get("notes", [])], size=THUMB,
+        estimates=estimate_lines(summary),
     )
     dest = Path(out) if out else run.path / "report.html"
     write_text(dest, page)

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from labelclean.exam import estimate_lines, noise_rate_text
 from labelclean.run import schema as S
 from labelclean.run.folder import Run
 
@@ -55,11 +56,11 @@ def print_audit_summary(console: Console, result: AuditResult, top: int) -> None
         f"{s['samples_scored']} samples scored, {s['verified']} verified, {s['skipped']} skipped; "
         f"[bold]{s['flagged']} flagged[/bold] ({s['relabel']} to relabel, {s['review']} to review) "
         f"at suspicion >= {s['threshold']:.3f} ({s['threshold_method']}); "
-        f"estimated noise rate {s['estimated_noise_rate']:.1%}",
+        f"estimated noise rate {noise_rate_text(s)}",
         highlight=False,
     )
     for line in estimate_lines(s):
-        console.print(line, highlight=False)
+        console.print(escape(line), highlight=False)
     if s.get("verified_corrections"):
         console.print(f"{s['verified_corrections']} trusted label(s) differ from the given label.")
     pairs = confused_pairs(result.transition, 5)
@@ -73,37 +74,6 @@ def print_audit_summary(console: Console, result: AuditResult, top: int) -> None
     t = s["timings"]
     console.print(f"train {t['train_seconds']:.1f}s ({t['train_images_per_second']:.0f} img/s), "
                   f"total {t['total_seconds']:.1f}s", highlight=False)
-
-
-def _iv(x: dict, pct: bool = True) -> str:
-    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.2f}")
-    return "n/a" if x is None or x["estimate"] is None else f"{f(x['estimate'])} [{f(x['low'])}, {f(x['high'])}]"
-
-
-def estimate_lines(summary: dict) -> list[str]:
-    """The exam's estimates with their 90% intervals, as the terminal summary prints them."""
-    e = summary.get("estimates") or {}
-    if not e.get("exam_rows"):
-        return [f"estimates: {e.get('note', 'no exam')}"] if e else []
-    rate = e["noise_rate"]
-    wrong = e["expected_wrong_labels"]
-    lines = [
-        f"exam: {e['exam_rows']} verified rows scored blind ({e['exam_wrong']} of them mislabelled); "
-        f"90% intervals: noise rate {_iv(rate)}, about {wrong['estimate']:,} wrong labels "
-        f"[{wrong['low']:,}, {wrong['high']:,}] among {e['population']:,}",
-        f"flagged set: precision {_iv(e['precision'])}, recall "
-        f"{_iv(e['recall']) if e['recall'] else 'n/a (' + e['recall_note'] + ')'}, "
-        f"false-positive rate {_iv(e['false_positive_rate'])}; flag count from the "
-        f"{summary.get('flag_count_source', 'model estimate')}",
-    ]
-    if e["top_n"]:
-        lines.append("reviewing " + "; ".join(
-            f"the top {t['top']:,}{' (flagged)' if t['is_flagged_count'] else ''} finds about "
-            f"{t['wrong_found']:,} [{t['low']:,}, {t['high']:,}]" for t in e["top_n"]))
-    if not e["model_agrees"]:
-        lines.append(f"note: the model's own estimate of the noise rate, {e['model_noise_rate']:.1%}, "
-                     f"is outside the exam's interval; the exam is the one to trust")
-    return lines
 
 
 def confused_pairs(transition: pd.DataFrame, k: int) -> list[tuple[str, str, float]]:
