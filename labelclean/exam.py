@@ -40,6 +40,8 @@ MIN_EXAM = 20
 MIN_WRONG_FOR_RECALL = 5
 NO_EXAM = (f"no exam: fewer than {MIN_EXAM} verified dataset rows could be held out, so these "
            "estimates come from the model alone, with no interval")
+#: "Near chance": accuracy within this share of the way from chance to perfect.
+NEAR_CHANCE = 0.1
 #: Two-sided 90% intervals.
 LEVEL = 0.90
 Z = 1.6448536269514722  # the standard normal's 95% quantile
@@ -190,6 +192,37 @@ def _top_n(exam: Exam, population: int, suspicion: np.ndarray, flagged: int, see
     return out
 
 
+def model_check(final_probs: np.ndarray, verified_label: np.ndarray, exam: np.ndarray,
+                reference: np.ndarray, clean_rate: float | None) -> dict[str, Any]:
+    """Whether the model learnt anything: its final accuracy against the verified labels.
+
+    On the exam rows (trained on with their given labels, so a model that only memorised them
+    scores the clean rate, and one that learnt the classes scores above it), else on the
+    reference rows. ``warning`` is a line when the accuracy is near chance or its 90% upper
+    bound is below the clean rate (the model does worse than the given labels themselves).
+    """
+    rows = exam if exam.any() else reference
+    if not rows.any():
+        return {"rows": 0, "on": "none", "accuracy": None, "warning": None}
+    c = final_probs.shape[1]
+    hits = int((final_probs[rows].argmax(1) == verified_label[rows]).sum())
+    acc = interval(hits, int(rows.sum()))
+    chance = 1.0 / c
+    warning = None
+    if acc["high"] < chance + NEAR_CHANCE * (1 - chance):
+        warning = (f"the final model is near chance on the verified rows (accuracy "
+                   f"{acc['estimate']:.0%} [{acc['low']:.0%}, {acc['high']:.0%}], chance "
+                   f"{chance:.0%}): it learnt little; train longer (--epochs) or use a pretrained "
+                   "backbone before trusting these scores")
+    elif clean_rate is not None and acc["high"] < clean_rate:
+        warning = (f"the final model agrees with the verified labels less often "
+                   f"({acc['estimate']:.0%}, at most {acc['high']:.0%}) than the given labels do "
+                   f"({clean_rate:.0%}): it has not learnt the classes well enough to judge them; "
+                   "train longer (--epochs) or use a pretrained backbone")
+    return {"rows": int(rows.sum()), "on": "exam" if exam.any() else "reference",
+            "accuracy": acc, "chance": round(chance, 4), "warning": warning}
+
+
 def flag_count(exam_rate: dict[str, Any] | None, model_count: int, rows: int) -> tuple[int, str]:
     """The number of rows to flag: the model's estimated count while the exam agrees with it,
     else the exam's noise rate times ``rows`` (the model is demonstrably off)."""
@@ -211,7 +244,8 @@ def noise_rate_text(summary: dict) -> str:
     """The exam's noise rate with its interval where there is an exam, else the model's."""
     rate = (summary.get("estimates") or {}).get("noise_rate")
     if rate and rate["estimate"] is not None:
-        return f"{_iv(rate)} (exam; the model says {summary['estimated_noise_rate']:.1%})"
+        model = summary["estimates"].get("model_noise_rate", summary["estimated_noise_rate"])
+        return f"{_iv(rate)} (exam; the model says {model:.1%})"
     return f"{summary['estimated_noise_rate']:.1%} (model, no exam)"
 
 

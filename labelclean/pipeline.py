@@ -24,7 +24,13 @@ from labelclean.config import RunConfig
 from labelclean.data.dataset import Samples, load_samples, raise_problems
 from labelclean.data.images import DEFAULT_MAX_PIXELS, LARGE_PIXELS, check_cache_memory, decode_images
 from labelclean.errors import ConfigError, DataError
-from labelclean.exam import MIN_EXAM, MIN_REFERENCE_PER_CLASS, representativeness, split_exam
+from labelclean.exam import (
+    MIN_EXAM,
+    MIN_REFERENCE_PER_CLASS,
+    model_check,
+    representativeness,
+    split_exam,
+)
 from labelclean.io import write_json, write_table
 from labelclean.methods import METHODS, Method
 from labelclean.progress import Reporter
@@ -326,6 +332,14 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
         "config": config.to_dict(),
     }
     summary["exam_rows"] = int(exam.sum())
+    rate = summary["estimates"].get("noise_rate")
+    clean = 1 - rate["estimate"] if rate and rate["estimate"] is not None else None
+    if result.final_probs is not None:
+        check = model_check(result.final_probs, samples.targets, exam, reference, clean)
+        summary["model_check"] = check
+        if check["warning"]:
+            reporter.notice(check["warning"])
+            summary["notes"].append(check["warning"])
     summary["gates"] = _gates(config, summary)
     write_json(run_dir / "summary.json", summary)
     if config.report:

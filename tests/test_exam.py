@@ -208,3 +208,41 @@ def test_sample_trusted_draws_a_stratified_sample_that_audits_as_the_exam(tmp_pa
     assert code == 0, err
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["verified"] == 60 and summary["exam_rows"] >= MIN_EXAM
+
+
+def test_model_check_warns_when_the_model_learnt_nothing():
+    from labelclean.exam import model_check
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 200)
+    exam = np.zeros(200, dtype=bool)
+    exam[:80] = True
+    good = np.eye(4)[truth] * 0.9 + 0.025
+    check = model_check(good, truth, exam, ~exam, clean_rate=0.8)
+    assert check["on"] == "exam" and check["rows"] == 80 and check["accuracy"]["estimate"] == 1.0
+    assert check["warning"] is None
+    blind = rng.dirichlet(np.ones(4), 200)
+    assert "near chance" in model_check(blind, truth, exam, ~exam, 0.8)["warning"]
+    weak = np.where(rng.random((200, 1)) < 0.6, good, np.roll(good, 1, axis=1))
+    assert "less often" in model_check(weak, truth, exam, ~exam, 0.95)["warning"]
+    none = model_check(good, truth, np.zeros(200, dtype=bool), ~exam, None)
+    assert none["on"] == "reference" and none["rows"] == 120
+
+
+def test_an_audit_that_learnt_nothing_says_so(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for k in "abc":
+        for i in range(30):
+            path = tmp_path / "ds" / k / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(path)
+            rows.append({"path": f"ds/{k}/{i}.png", "label": k})
+    pd.DataFrame(rows).sample(60, random_state=0).to_csv(tmp_path / "t.csv", index=False)
+    result = audit(RunConfig(dataset=str(tmp_path / "ds"), trusted=str(tmp_path / "t.csv"),
+                             out=str(tmp_path / "r"), method="ce", backbone="test_tiny", epochs=2,
+                             image_size=8, report=False))
+    check = result.summary["model_check"]
+    assert check["on"] == "exam" and check["warning"] in result.summary["notes"]

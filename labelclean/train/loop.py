@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from labelclean.config import RunConfig
@@ -41,6 +42,8 @@ class TrainResult:
     seconds: float
     images_seen: int
     resumed_from_epoch: int
+    #: The final model's class probabilities on un-augmented images, ``(N, C)``.
+    final_probs: np.ndarray | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -175,7 +178,8 @@ def train(
     seconds = time.perf_counter() - started
     model.eval()
     evidence = method.evidence()
-    return TrainResult(model, evidence, config.epochs, ctx.step, seconds, seen, start_epoch)
+    final = ctx.predict().numpy()
+    return TrainResult(model, evidence, config.epochs, ctx.step, seconds, seen, start_epoch, final)
 
 
 def data_fingerprint(sample_ids: list[str], labels: torch.Tensor, verified: torch.Tensor) -> str:
