@@ -82,3 +82,125 @@ def test_report_in_headless_chromium(evil_run, tmp_path):
     _dump_dom(browser, url, tmp_path, screenshot=shot)
     assert shot.is_file() and shot.stat().st_size > 10_000
 
+
+
+class Browser:
+    """Headless Chromium driven over the DevTools protocol on a pipe (file descriptors 3 and 4:
+    no network port, no extra package): evaluate JavaScript in the page, as a user's clicks."""
+
+    def __init__(self, executable: str, url: str, profile) -> None:
+        import json as _json
+
+        self._json = _json
+        to_r, self._to_w = os.pipe()
+        self._from_r, from_w = os.pipe()
+
+        def fds() -> None:  # move both ends above 4 first: a pipe end may itself be fd 3 or 4
+            import fcntl
+
+            high_r, high_w = fcntl.fcntl(to_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_w, fcntl.F_DUPFD, 10)
+            os.dup2(high_r, 3)
+            os.dup2(high_w, 4)
+
+        self.proc = subprocess.Popen(
+            [executable, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--remote-debugging-pipe", f"--user-data-dir={profile}", url],
+            preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_r)
+        os.close(from_w)
+        self._buffer = b""
+        self._id = 0
+        targets = self.call("Target.getTargets")["targetInfos"]
+        page = next(t for t in targets if t["type"] == "page")
+        self.session = self.call("Target.attachToTarget", {"targetId": page["targetId"], "flatten": True})["sessionId"]
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None) -> dict:
+        self._id += 1
+        message = {"id": self._id, "method": method, "params": params or {}}
+        if session:
+            message["sessionId"] = session
+        os.write(self._to_w, self._json.dumps(message).encode() + b"\0")
+        while True:
+            while b"\0" not in self._buffer:
+                chunk = os.read(self._from_r, 1 << 16)
+                if not chunk:
+                    raise RuntimeError("Chromium closed the DevTools pipe")
+                self._buffer += chunk
+            raw, self._buffer = self._buffer.split(b"\0", 1)
+            reply = self._json.loads(raw)
+            if reply.get("id") == self._id:
+                if "error" in reply:
+                    raise RuntimeError(reply["error"])
+                return reply.get("result", {})
+
+    def js(self, expression: str):
+        # In braces: a block, so the names one evaluation declares do not clash with the next.
+        result = self.call("Runtime.evaluate", {"expression": "{" + expression + "}", "returnByValue": True,
+                                                "awaitPromise": True}, self.session)
+        if "exceptionDetails" in result:
+            raise AssertionError(result["exceptionDetails"])
+        return result["result"].get("value")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+        os.close(self._to_w)
+        os.close(self._from_r)
+
+
+def test_decisions_made_in_the_report_round_trip_through_import_decisions(evil_run, tmp_path, cli):
+    browser = _chromium()
+    if browser is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI installs Chromium (see .ci/run), but it was not found")
+        pytest.skip("Chromium is not installed (apt-get install chromium) and this is not CI")
+    import time
+
+    page = Browser(browser, (evil_run.run_dir / "report.html").as_uri(), tmp_path / "profile")
+    try:
+        deadline = time.monotonic() + 30
+        while not page.js("document.querySelectorAll('.card').length") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cards = page.js("[...document.querySelectorAll('.card')].map(c => c.dataset.id)")
+        assert len(cards) >= 3
+        # Filters: by action, by suspicion, by search.
+        shown = lambda: page.js("document.querySelectorAll('.card').length")  # noqa: E731
+        first = cards[0]
+        page.js(f"const q = document.getElementById('f-q'); q.value = {first!r}; q.dispatchEvent(new Event('input'))")
+        assert page.js("[...document.querySelectorAll('.card')].map(c => c.dataset.id)") == [first]
+        page.js("const q = document.getElementById('f-q'); q.value = ''; q.dispatchEvent(new Event('input'))")
+        page.js("const m = document.getElementById('f-min'); m.value = '2'; m.dispatchEvent(new Event('change'))")
+        assert shown() == 0
+        page.js("const m = document.getElementById('f-min'); m.value = '0'; m.dispatchEvent(new Event('change'))")
+        assert shown() == len(cards)
+        # A heatmap cell sets the pair filter.
+        pair = page.js("const td = document.querySelector('td.pick'); td.click(); td.dataset.pair")
+        assert page.js("document.getElementById('f-pair').value") == pair
+        assert "pair=" in page.js("location.hash")
+        page.js("const s = document.getElementById('f-pair'); s.value = ''; s.dispatchEvent(new Event('change'))")
+        # Click to enlarge: the dialog opens with examples of both classes.
+        page.js("document.querySelector('.card img').click()")
+        assert page.js("document.getElementById('zoom').classList.contains('open')")
+        assert page.js("document.querySelectorAll('#zoom-given-ex img').length") >= 1
+        page.js("document.getElementById('zoom').click()")
+        # Decide: accept the first suggestion, keep the second, another class for the third.
+        page.js("document.querySelectorAll('.card')[0].querySelector('button.accept').click()")
+        page.js("document.querySelectorAll('.card')[1].querySelector('button.keep').click()")
+        other = page.js("const s = document.querySelectorAll('.card')[2].querySelector('select.other');"
+                        "s.value = s.options[1].value; s.dispatchEvent(new Event('change')); s.value")
+        page.js("document.getElementById('reviewer').value = 'ana'")
+        assert page.js("document.getElementById('decided').textContent").startswith("3 decision")
+        csv_text = page.js("decisionsCsv()")
+    finally:
+        page.close()
+    decisions_file = tmp_path / "decisions.csv"
+    decisions_file.write_text(csv_text)
+    code, _, err = cli("import-decisions", evil_run.run_dir, decisions_file)
+    assert code == 0, err
+    got = pd.read_csv(evil_run.run_dir / "decisions.csv", dtype=str, keep_default_na=False).set_index("sample_id")
+    scores = evil_run.scores.set_index("sample_id")
+    assert list(got["decision"].loc[cards[:3]]) == ["accept", "keep", "relabel"]
+    assert got.loc[cards[0], "label"] == scores.loc[cards[0], "suggested_label"]
+    assert got.loc[cards[1], "label"] == scores.loc[cards[1], "given_label"]
+    assert got.loc[cards[2], "label"] == other and set(got["reviewer"]) == {"ana"}

@@ -72,8 +72,10 @@ def _heat(transition: pd.DataFrame) -> dict[str, Any]:
         cells = []
         for j, other in enumerate(classes):
             hue = "46,125,50" if i == j else "198,40,40"
+            # Row: true class, column: given label; the grid's pairs read "given -> suggested".
             cells.append({"value": values[i, j], "colour": f"rgba({hue},{alpha[i, j]:.3f})",
-                          "title": f"{name} -> {other}: {values[i, j]:.4f}"})
+                          "title": f"{name} -> {other}: {values[i, j]:.4f}",
+                          "pair": "" if i == j else f"{other} -> {name}"})
         rows.append({"name": name, "cells": cells})
     return {"classes": classes, "rows": rows}
 
@@ -117,7 +119,16 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
             S.P_WRONG: round(float(r[S.P_WRONG]), 4),
             S.RANK: None if pd.isna(r[S.RANK]) else int(r[S.RANK]), S.ACTION: r[S.ACTION],
             "agree": str(r[S.DOUBTED_BY]) if doubted else "", "thumb": thumb_key(r),
+            "src": Path(str(r[S.IMAGE_PATH])).as_uri() if str(r[S.IMAGE_PATH]).startswith("/") else "",
         })
+
+    # A few typical examples of each class (the least suspicious unverified rows, else
+    # verified ones), shown beside an enlarged card: the given class and the suggested one.
+    typical: dict[str, list[str]] = {}
+    pool = pd.concat([free.sort_values(S.SUSPICION, kind="stable"), scores[scores[S.VERIFIED]]])
+    for name in run.classes:
+        rows = pool[(pool[S.GIVEN] == name) & ~pool[S.IS_SUSPECT]].head(examples)
+        typical[name] = [thumb_key(r) for _, r in rows.iterrows()]
 
     rates = summary.get("estimated_noise_rate_per_class", {})
     sections = []
@@ -136,7 +147,8 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
                          "rate": float(rates.get(name, 0.0)), "pairs": pairs})
 
     data = {"cards": cards, "thumbs": {k: v for k, v in thumbs.items() if v}, "classes": run.classes,
-            "flagged": len(flagged), "shown": len(cards)}
+            "flagged": len(flagged), "shown": len(cards), "typical": typical,
+            "run": run.path.name, "decision_columns": S.DECISION_COLUMNS}
     summary_rows = [
         ("method", summary.get("method")), ("samples scored", summary.get("samples_scored")),
         ("verified (trusted)", summary.get("verified")), ("skipped", summary.get("skipped")),
