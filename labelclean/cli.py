@@ -139,11 +139,11 @@ def review(
     from labelclean.run.folder import Run
 
     if interactive:
-        from labelclean.review.interactive import ReviewSession, interactive_input, require_tty
+        from labelclean.review.interactive import ReviewSession, interactive_input, read_key, require_tty
 
         require_tty(sys.stdin.isatty())
         session = ReviewSession(run_dir, class_name)
-        made = session.run_loop(interactive_input(session.classes), out)
+        made = session.run_loop(interactive_input(session.classes), out, key=read_key)
         err.print(f"{made} decision(s) recorded in {escape(str(Path(run_dir) / 'decisions.csv'))}",
                   highlight=False)
         return

@@ -132,3 +132,33 @@ def test_label_studio_export_skips_untouched_imported_annotations(tmp_path):
     assert sorted(got.index) == ["s2", "s3"]
     assert got.loc["s2", "decision"] == "accept" and got.loc["s3", "decision"] == "keep"
     assert set(got["reviewer"]) == {"label-studio:7"}
+
+
+def test_single_keys_without_enter_from_a_terminal(capsys):
+    import os
+    import pty
+
+    from labelclean.review.interactive import read_key
+
+    master, slave = pty.openpty()
+    try:
+        os.write(master, b"k")  # no newline: cbreak mode hands the key over at once
+        assert read_key("> ", fd=slave) == "k"
+        os.write(master, b"a")
+        assert read_key("> ", fd=slave) == "a"
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_o_opens_the_image_and_the_preview_fills_the_terminal(run, tmp_path):
+    session = ReviewSession(run.run_dir)
+    opened = []
+    with open(tmp_path / "screen.txt", "w") as screen:
+        console = Console(file=screen, width=120)
+        made = session.run_loop(_script("unused"), console, key=_script("o", "x", "a", "q"),
+                                opener=lambda path: opened.append(path))
+    assert made == 1 and opened == [session.items.iloc[0]["image_path"]]
+    text = (tmp_path / "screen.txt").read_text()
+    assert "unknown key; [a]ccept" in text
+    assert max(line.count("▀") for line in text.splitlines()) == 32  # a 32-pixel-wide preview

@@ -1,7 +1,17 @@
-"""``review --interactive``: walk through suspects one by one and record decisions."""
+"""``review --interactive``: walk through suspects one by one and record decisions.
+
+One key per decision, no Enter (the terminal is put in cbreak mode while a key is read):
+``a`` accept the suggestion, ``k`` keep the given label, ``t`` type another label (a line,
+with tab completion), ``s`` skip, ``b`` back, ``o`` open the image in the system viewer,
+``q`` quit. The preview is drawn with half-block characters, two pixels per cell.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,10 +27,53 @@ from labelclean.export.decisions import append_decision, load_decisions, now, re
 from labelclean.run import schema as S
 from labelclean.run.folder import Run
 
-HELP = "[a]ccept suggestion  [k]eep given  [t]ype label  [s]kip  [b]ack  [q]uit"
+HELP = "[a]ccept suggestion  [k]eep given  [t]ype label  [s]kip  [b]ack  [o]pen image  [q]uit"
+#: Preview side in pixels (columns; half as many rows), capped by the terminal's width.
+PREVIEW = 32
 
 
-def preview(path: str, size: int = 16) -> Text | None:
+def read_key(prompt: str, fd: int | None = None) -> str:
+    """One key press from the terminal on ``fd`` (stdin by default), without Enter.
+
+    cbreak mode keeps signals, so Ctrl-C still interrupts; off a POSIX terminal it reads a line.
+    """
+    sys.stdout.write(prompt)
+    sys.stdout.flush()
+    fd = sys.stdin.fileno() if fd is None else fd
+    try:
+        import termios
+        import tty
+    except ImportError:  # pragma: no cover - Windows
+        return input()[:1]
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:  # not a terminal
+        return os.read(fd, 1).decode(errors="replace")
+    try:
+        tty.setcbreak(fd)
+        key = os.read(fd, 4).decode(errors="replace")[:1]
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    sys.stdout.write(key + "\n")
+    return key
+
+
+def open_image(path: str) -> str | None:
+    """Open ``path`` in the system's image viewer; return a line to show when it cannot."""
+    if not Path(path).is_file():
+        return f"{path}: not found"
+    if sys.platform.startswith("win"):  # pragma: no cover
+        os.startfile(path)  # type: ignore[attr-defined]
+        return None
+    opener = "open" if sys.platform == "darwin" else shutil.which("xdg-open")
+    if opener is None:
+        return f"no image viewer found (xdg-open); the image is {path}"
+    subprocess.Popen([opener, path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
+    return None
+
+
+def preview(path: str, size: int = PREVIEW) -> Text | None:
     """A small colour preview drawn with half-block characters (two pixels per cell)."""
     try:
         arr = load_image(path, size)
@@ -53,8 +106,15 @@ class ReviewSession:
             "decision": decision, "label": label, "reviewer": reviewer(), "decided_at": now(),
         })
 
-    def run_loop(self, ask: Callable[[str], str], console: Console, show_preview: bool = True) -> int:
-        """Review until the list ends or the user quits; returns decisions made."""
+    def run_loop(self, ask: Callable[[str], str], console: Console, show_preview: bool = True,
+                 key: Callable[[str], str] | None = None,
+                 opener: Callable[[str], str | None] = open_image) -> int:
+        """Review until the list ends or the user quits; returns decisions made.
+
+        ``key`` reads one key press (``ask``, a line, when not given); ``ask`` reads the label
+        after ``t``; ``opener`` opens an image for ``o``.
+        """
+        key = key or ask
         made = 0
         i = 0
         total = len(self.items)
@@ -74,21 +134,27 @@ class ReviewSession:
             if evidence:
                 console.print("  ".join(f"{k}={v:.3f}" if isinstance(v, (float, np.floating)) else f"{k}={escape(str(v))}"
                                         for k, v in evidence.items()), highlight=False)
-            if show_preview and (pic := preview(self.image_path(row))) is not None:
+            size = max(8, min(PREVIEW, console.width - 2))
+            if show_preview and (pic := preview(self.image_path(row), size)) is not None:
                 console.print(pic, end="")
-            key = ask(HELP + " > ").strip().lower()[:1]
-            if key == "q":
+            pressed = key(HELP + " > ").strip().lower()[:1]
+            if pressed == "q":
                 break
-            if key == "b":
+            if pressed == "b":
                 i = max(0, i - 1)
                 continue
-            if key == "a":
+            if pressed == "o":
+                problem = opener(self.image_path(row))
+                if problem:
+                    console.print(escape(problem), highlight=False)
+                continue
+            if pressed == "a":
                 self.decide(row, "accept", row[S.SUGGESTED])
-            elif key == "k":
+            elif pressed == "k":
                 self.decide(row, "keep", row[S.GIVEN])
-            elif key == "s":
+            elif pressed == "s":
                 self.decide(row, "skip", "")
-            elif key == "t":
+            elif pressed == "t":
                 label = ask("label > ").strip()
                 if label not in self.classes:
                     console.print(f"[red]{escape(repr(label))} is not a class[/red]; classes: "
@@ -97,7 +163,7 @@ class ReviewSession:
                     continue
                 self.decide(row, "relabel", label)
             else:
-                console.print(f"unknown key; {HELP}")
+                console.print(f"unknown key; {escape(HELP)}", highlight=False)
                 continue
             made += 1
             i += 1
