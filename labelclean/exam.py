@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -40,11 +41,13 @@ MIN_EXAM = 20
 MIN_WRONG_FOR_RECALL = 5
 NO_EXAM = (f"no exam: fewer than {MIN_EXAM} verified dataset rows could be held out, so these "
            "estimates come from the model alone, with no interval")
+#: How the flagged count is described when there is no exam.
+NO_EXAM_COUNT = "model estimate (no exam)"
 #: "Near chance": accuracy within this share of the way from chance to perfect.
 NEAR_CHANCE = 0.1
 #: Two-sided 90% intervals.
 LEVEL = 0.90
-Z = 1.6448536269514722  # the standard normal's 95% quantile
+Z = NormalDist().inv_cdf((1 + LEVEL) / 2)  # 1.645
 BOOTSTRAP = 2000
 #: Total variation distance between the class proportions of the verified rows and the
 #: dataset's above which the verified rows are said not to look like a random sample.
@@ -227,7 +230,7 @@ def flag_count(exam_rate: dict[str, Any] | None, model_count: int, rows: int) ->
     """The number of rows to flag: the model's estimated count while the exam agrees with it,
     else the exam's noise rate times ``rows`` (the model is demonstrably off)."""
     if exam_rate is None or exam_rate["estimate"] is None:
-        return model_count, "model estimate (no exam)"
+        return model_count, NO_EXAM_COUNT
     model_rate = model_count / rows if rows else 0.0
     if exam_rate["low"] <= model_rate <= exam_rate["high"]:
         return model_count, "model estimate (inside the exam's interval)"
@@ -235,9 +238,11 @@ def flag_count(exam_rate: dict[str, Any] | None, model_count: int, rows: int) ->
 
 
 # -- how the estimates read (terminal summary and report.html) -------------------------
-def _iv(x: dict, pct: bool = True) -> str:
-    f = (lambda v: f"{v:.1%}") if pct else (lambda v: f"{v:.2f}")
-    return "n/a" if x is None or x["estimate"] is None else f"{f(x['estimate'])} [{f(x['low'])}, {f(x['high'])}]"
+def _iv(x: dict | None) -> str:
+    """``6.2% [2.5%, 14.6%]``, or ``n/a``."""
+    if x is None or x["estimate"] is None:
+        return "n/a"
+    return f"{x['estimate']:.1%} [{x['low']:.1%}, {x['high']:.1%}]"
 
 
 def noise_rate_text(summary: dict) -> str:

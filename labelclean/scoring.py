@@ -29,12 +29,13 @@ The rule (docs/methods.md, "Scoring"):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from labelclean.exam import NO_EXAM, Exam, estimates, flag_count, interval
+from labelclean.exam import NO_EXAM, NO_EXAM_COUNT, Exam, estimates, flag_count, interval
 from labelclean.run import schema as S
 
 #: P(wrong) at which evidence is strong enough to relabel without review (a 10% error rate
@@ -200,6 +201,7 @@ class Decision:
     threshold: float
     relabel_threshold: float
     threshold_method: str
+    count_source: str = "estimated count"  # where the flagged count came from
 
 
 def alternative(belief: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -221,7 +223,7 @@ def decide(
     threshold: float | None = None,
     posterior: np.ndarray | None = None,
     strong: np.ndarray | None = None,
-    count: tuple[int, str] | None = None,
+    count: Callable[[int], tuple[int, str]] | None = None,
 ) -> Decision:
     """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold.
 
@@ -229,7 +231,8 @@ def decide(
     automatically; only those can be ``relabel``. ``posterior`` is a calibrated
     ``P(label wrong)`` (from :func:`combine_members`); without it the mixture is fitted to
     ``suspicion``. ``strong`` (the members' vote) replaces the ``P(wrong) >= 0.9`` relabel rule.
-    ``count`` (number, source) replaces the estimated count of wrong labels (the exam's).
+    ``count`` maps the estimated count of wrong labels to the count to flag and its source
+    (the exam's, :func:`labelclean.exam.flag_count`).
     """
     mixture = fit_mixture(suspicion) if posterior is None else None
     if posterior is not None:
@@ -245,7 +248,7 @@ def decide(
     expected = round(float(posterior.sum())) if len(posterior) else 0
     source = "estimated count"
     if count is not None:
-        expected, source = count
+        expected, source = count(expected)
     if expected > 0:
         flag_t = float(np.sort(suspicion)[::-1][min(expected, len(suspicion)) - 1])
         method += f": {source}"
@@ -257,7 +260,7 @@ def decide(
     is_suspect = suspicion >= flag_t
     strong_enough = suspicion >= relabel_t if strong is None else np.asarray(strong, dtype=bool)
     relabel = is_suspect & strong_enough & confident
-    return Decision(posterior, is_suspect, relabel, flag_t, relabel_t, method)
+    return Decision(posterior, is_suspect, relabel, flag_t, relabel_t, method, source)
 
 
 def _crossing(suspicion: np.ndarray, posterior: np.ndarray, level: float) -> float:
@@ -294,7 +297,7 @@ class Scored:
     columns: dict[str, np.ndarray] = field(default_factory=dict)  # extra per-sample columns
     member_estimated_errors: dict[str, int] = field(default_factory=dict)
     exam: Exam | None = None  # the exam rows' blind outcomes
-    flag_count_source: str = "model estimate (no exam)"
+    flag_count_source: str = NO_EXAM_COUNT
     model_noise_rate: float = 0.0  # mean P(wrong) over the rows decided, exam rows included
     seed: int = 0
 
@@ -365,15 +368,19 @@ def score(
             member_errors[name] = round(float(p[free].sum()))
         columns["strong_votes"] = combined.votes
     alt, share = alternative(belief, given)
-    args = (suspicion[free], share[free] >= ALTERNATIVE_SHARE, threshold,
-            None if posterior is None else posterior[free], None if strong is None else strong[free])
-    decision = decide(*args)
-    model_rate = float(decision.posterior.mean()) if free.any() else 0.0
-    source = "model estimate (no exam)"
+    count = None
     if reveal.any():
         rate = interval(int((given[reveal] != verified_label[reveal]).sum()), int(reveal.sum()))
-        count, source = flag_count(rate, round(float(decision.posterior.sum())), int(free.sum()))
-        decision = decide(*args, count=(count, source))
+
+        def count(expected: int) -> tuple[int, str]:
+            return flag_count(rate, expected, int(free.sum()))
+
+    decision = decide(
+        suspicion[free], share[free] >= ALTERNATIVE_SHARE, threshold,
+        None if posterior is None else posterior[free], None if strong is None else strong[free],
+        count,
+    )
+    model_rate = float(decision.posterior.mean()) if free.any() else 0.0
     n = len(given)
     p_wrong = np.zeros(n)
     p_wrong[free] = decision.posterior
@@ -395,7 +402,8 @@ def score(
     action[verified] = S.VERIFIED_ACTION
     return Scored(suspicion, p_wrong, is_suspect, relabel, action, suggested,
                   belief.argmax(1), ranks(suspicion, free), decision, columns, member_errors,
-                  outcome, source, model_rate, seed)
+                  outcome, decision.count_source if reveal.any() else NO_EXAM_COUNT, model_rate,
+                  seed)
 
 
 def threshold_flags(suspicion: np.ndarray, verified: np.ndarray, threshold: float) -> np.ndarray:

@@ -63,8 +63,9 @@ def test_exam_rows_are_decided_blind_then_revealed_as_verified():
     given = truth.copy()
     wrong = rng.random(n) < 0.3
     given[wrong] = (truth[wrong] + 1) % c
-    # A model that doubts wrong labels, with overlap, and underestimates how many there are.
-    suspicion = np.clip(np.where(wrong, rng.beta(4, 2, n), rng.beta(1, 6, n)), 1e-3, 1 - 1e-3)
+    # A model that doubts only half the wrong labels, so it underestimates how many there are.
+    seen = wrong & (rng.random(n) < 0.5)
+    suspicion = np.clip(np.where(seen, rng.beta(4, 2, n), rng.beta(1, 6, n)), 1e-3, 1 - 1e-3)
     belief = np.full((n, c), 0.1)
     belief[np.arange(n), truth] = 0.8
     verified = np.zeros(n, dtype=bool)
@@ -84,6 +85,11 @@ def test_exam_rows_are_decided_blind_then_revealed_as_verified():
     assert e["noise_rate"]["low"] <= wrong[:100].mean() <= e["noise_rate"]["high"]
     assert e["population"] == n - 120 and e["recall"]["n"] == int(wrong[:100].sum())
     assert set(e["noise_rate_per_class"]) == {"a", "b", "c"}
+    # The model's estimate is off, so the count flagged over the rows decided is the exam's.
+    decided = n - 20
+    count, source = flag_count(e["noise_rate"], round(scored.model_noise_rate * decided), decided)
+    assert source.startswith("exam") and summary["flag_count_source"] == source
+    assert scored.is_suspect.sum() + scored.exam.flagged.sum() == count
 
 
 def test_the_flag_count_follows_the_exam_only_when_the_model_is_outside_its_interval():

@@ -117,17 +117,12 @@ def _is_image(path: Path) -> bool:
 
 def shown(path: Path | str) -> str:
     """A path as text that prints anywhere: bytes that are not UTF-8 appear as ``\\xe9``."""
-    text = os.fsdecode(path)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return repr(os.fsencode(text))[2:-1]
-    return text
+    return os.fsdecode(path) if _utf8(path) else repr(os.fsencode(path))[2:-1]
 
 
-def _utf8(path: Path) -> bool:
+def _utf8(path: Path | str) -> bool:
     try:
-        str(path).encode("utf-8")
+        os.fsdecode(path).encode("utf-8")
     except UnicodeEncodeError:
         return False
     return True
@@ -174,8 +169,8 @@ def load_folder(root: Path) -> InputTable:
         raise DataError(f"{root}: expected one sub-folder per class, found no sub-folders")
     rows: list[tuple[str, str]] = []
     problems: list[str] = []
-    counts = {"broken": 0, "linked": 0, "repeated": 0}
-    counts["broken"] += sum(1 for p in root.iterdir() if p.is_symlink() and not p.exists())
+    broken_classes = sum(1 for p in root.iterdir() if p.is_symlink() and not p.exists())
+    counts = {"broken": broken_classes, "linked": 0, "repeated": 0}
     for class_dir in class_dirs:
         if not _utf8(class_dir):
             _problem(problems, f"{shown(class_dir)}: class folder name is not valid UTF-8 "

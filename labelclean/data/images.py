@@ -161,7 +161,7 @@ def decode_images(
             pixels[i], stored = _load(paths[i], size, max_pixels)
             if stored > LARGE_PIXELS:
                 large.append(i)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except (OSError, ValueError, SyntaxError) as exc:  # our own limit: ImageTooLarge
             failures[i] = _describe(exc)
 
     chunk = 256
