@@ -290,7 +290,10 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     notes.extend(evidence.summary.get("notes", []))
 
     scored = score(evidence, given, verified, samples.targets, config.threshold, exam, config.seed)
-    scores = scores_frame(samples, scored, {**evidence.columns, S.EXAM: exam})
+    extra = dict(evidence.columns)
+    if result.final_probs is not None:  # the final model on un-augmented images
+        extra["final_suspicion"] = 1.0 - result.final_probs[np.arange(len(targets)), targets]
+    scores = scores_frame(samples, scored, {**extra, S.EXAM: exam})
     transition, transition_source = _transition(evidence, samples, scored)
     outputs = [*write_scores(run_dir, scores), write_transition(run_dir, transition)]
     corrected_name, corrected_columns = write_corrected(samples, scores, run_dir)

@@ -15,6 +15,13 @@ Noise types (``T[i, j] = P(noisy = j | true = i)``, rate ``r``, ``C`` classes):
   clean labels; the ``r·n`` samples with the lowest margin between their true class and the
   best other class are flipped to that class (the most ambiguous samples go to their most
   similar class, as in the MSLG paper).
+* ``human``: confusions of a CNN, as annotators confuse hard images. ``small_cnn`` is trained
+  with cross-entropy on the clean labels of one half and predicts the other (and the other
+  way round: two trainings of 8 epochs at 32 pixels), so every image gets an out-of-sample
+  class distribution ``p``. ``r·n`` samples are drawn without replacement with probability
+  proportional to ``1 − p(true)`` (ambiguous images are likely, clear ones rare, as in
+  crowd-sourced labels), and each takes a class drawn from ``p`` without the true class (the
+  classes this image is confused with).
 * ``neighbor``: ``r·n`` random samples take the label of a random one of their 10 nearest
   neighbours (FAISS, downsampled pixels) whose label differs; a sample with no such
   neighbour keeps its label.
@@ -41,7 +48,12 @@ from labelclean.knn import FaissKnn
 from labelclean.run.writer import rewrite_paths
 from labelclean.scoring import transition_from_labels
 
-NOISE_TYPES = ("uniform", "flip-random", "flip-to-one", "pair", "asymmetric", "instance", "neighbor")
+NOISE_TYPES = ("uniform", "flip-random", "flip-to-one", "pair", "asymmetric", "instance", "human",
+               "neighbor")
+#: Noise types that look at the images.
+IMAGE_NOISE = ("instance", "human", "neighbor")
+#: ``human`` noise: epochs and image side of its two cross-fitted trainings.
+HUMAN_EPOCHS, HUMAN_IMAGE_SIZE = 8, 32
 
 
 def parse_map(text: str, classes: list[str]) -> dict[int, int]:
@@ -131,6 +143,68 @@ def _softmax_regression(x: np.ndarray, y: np.ndarray, c: int, seed: int) -> np.n
         return model(xt).softmax(1).numpy()
 
 
+def human_flips(probs: np.ndarray, true: np.ndarray, free: np.ndarray, count: int,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``human`` noise's draw: ``count`` rows of ``free`` with probability proportional to
+    ``1 − probs[i, true_i]`` (without replacement), each to a class drawn from ``probs[i]``
+    without the true class. Returns the rows and their new labels."""
+    c = probs.shape[1]
+    weight = np.clip(1.0 - probs[free, true[free]], 1e-6, None)
+    keys = np.log(weight) + rng.gumbel(size=len(free))  # Gumbel top-k: a weighted draw
+    chosen = free[np.argsort(-keys, kind="stable")[:count]]
+    target = np.empty(len(chosen), dtype=true.dtype)
+    for k, i in enumerate(chosen):
+        off = np.clip(probs[i].astype(np.float64), 1e-12, None)
+        off[true[i]] = 0.0
+        target[k] = rng.choice(c, p=off / off.sum())
+    return chosen, target
+
+
+def _confusions(paths: list[str], true: np.ndarray, c: int, seed: int) -> np.ndarray:
+    """Out-of-sample class probabilities ``(N, C)`` from two cross-fitted ``small_cnn`` runs."""
+    import tempfile
+
+    from labelclean.config import RunConfig
+    from labelclean.methods.ce import CrossEntropy
+    from labelclean.progress import Reporter
+    from labelclean.train import train
+
+    pixels, failures, _ = decode_images(paths, HUMAN_IMAGE_SIZE)
+    if failures:
+        i, reason = next(iter(failures.items()))
+        raise DataError(f"{paths[i]}: {reason} (simulate needs every image readable)")
+    n = len(true)
+    half = np.random.default_rng(seed).permutation(n) % 2
+    probs = np.full((n, c), 1.0 / c)
+    y = torch.from_numpy(true.astype(np.int64))
+    with tempfile.TemporaryDirectory() as tmp:
+        for part in (0, 1):
+            fit, held = np.flatnonzero(half != part), np.flatnonzero(half == part)
+            if not len(fit) or not len(held):
+                continue
+            config = RunConfig(dataset=".", method="ce", epochs=HUMAN_EPOCHS, image_size=HUMAN_IMAGE_SIZE,
+                               batch_size=int(min(128, max(8, len(fit) // 8))), seed=seed + part,
+                               augment="crop")
+            rows = torch.from_numpy(fit)
+            result = train(config, pixels[rows], y[rows], torch.zeros(len(fit), dtype=torch.bool),
+                           [str(i) for i in fit], c, CrossEntropy(), Path(tmp), Reporter())
+            probs[held] = _predict(result.model, pixels[torch.from_numpy(held)], pixels[rows])
+    return probs
+
+
+def _predict(model: torch.nn.Module, pixels: torch.Tensor, fit_pixels: torch.Tensor) -> np.ndarray:
+    from labelclean.train.loop import _normalisation
+
+    mean, std = _normalisation(model, fit_pixels)  # type: ignore[arg-type]
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(pixels), 512):
+            x = pixels[i:i + 512].float().div(255).sub(mean.view(1, 3, 1, 1)).div(std.view(1, 3, 1, 1))
+            out.append(model(x).softmax(1).double().numpy())
+    return np.concatenate(out)
+
+
 def simulate_labels(
     true: np.ndarray, c: int, kind: str, rate: float, seed: int, trusted_per_class: int = 0,
     mapping: dict[int, int] | None = None, paths: list[str] | None = None,
@@ -160,7 +234,13 @@ def simulate_labels(
     free = np.flatnonzero(~trusted) if not trusted_sample else np.arange(n)
     noisy = true.copy()
     matrix = None
-    if kind in ("instance", "neighbor"):
+    if kind == "human":
+        if paths is None:
+            raise ValueError(f"{kind} noise needs image paths")
+        probs = _confusions(paths, true, c, seed)
+        chosen, target = human_flips(probs, true, free, min(round(rate * len(free)), len(free)), rng)
+        noisy[chosen] = target
+    elif kind in ("instance", "neighbor"):
         if paths is None:
             raise ValueError(f"{kind} noise needs image paths")
         features = _pixel_features(paths)
@@ -217,7 +297,7 @@ def simulate(
             f"(expected at most {counts.min() - 1})")
     mapping = parse_map(class_map, classes) if kind == "asymmetric" and class_map else None
     paths = [str((inp.base_dir / p).resolve()) if not Path(p).is_absolute() else p
-             for p in map(str, inp.frame[inp.path_column])] if kind in ("instance", "neighbor") else None
+             for p in map(str, inp.frame[inp.path_column])] if kind in IMAGE_NOISE else None
     sim = simulate_labels(true, len(classes), kind, rate, seed, trusted_per_class, mapping, paths,
                           trusted_sample)
     out = Path(out)

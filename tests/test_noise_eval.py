@@ -48,19 +48,32 @@ def test_asymmetric_map_and_trusted_are_clean():
         parse_map("cat:wolf", ["cat", "dog"])
 
 
-@pytest.mark.parametrize("kind", ["instance", "neighbor"])
+@pytest.mark.parametrize("kind", ["instance", "human", "neighbor"])
 def test_feature_noise_on_images(tiny, tmp_path, kind):
     before = tree_digest(tiny.root.parent)
     report = simulate(tiny.csv, tmp_path / "out", kind, 0.25, seed=0, trusted_per_class=2)
     assert tree_digest(tiny.root.parent) == before
     free = 48 - 6
-    assert report["flipped"] == round(0.25 * free) if kind == "instance" else report["flipped"] > 0
+    assert report["flipped"] == round(0.25 * free) if kind in ("instance", "human") else report["flipped"] > 0
     noisy = pd.read_csv(tmp_path / "out" / "noisy.csv")
     truth = pd.read_csv(tmp_path / "out" / "truth.csv")
     assert list(noisy.columns) == ["id", "path", "label", "note", "score"]
     assert (noisy["label"] != truth["label"]).sum() == report["flipped"]
     assert json.loads((tmp_path / "out" / "noise.json").read_text())["realised_rate"] == pytest.approx(
         report["flipped"] / free, abs=1e-6)
+
+
+def test_human_noise_follows_the_confusions():
+    from labelclean.simulate import human_flips
+
+    n = 4000
+    true = np.zeros(n, dtype=np.int64)
+    probs = np.tile([1.0, 0.0, 0.0], (n, 1))
+    probs[:1000] = [0.2, 0.2, 0.6]  # ambiguous: mostly confused with class 2
+    rows, target = human_flips(probs, true, np.arange(n), 500, np.random.default_rng(0))
+    assert len(set(rows)) == 500 and (target != 0).all()
+    assert (rows < 1000).mean() > 0.99  # the clear images are almost never drawn
+    assert abs((target == 2).mean() - 0.75) < 0.06  # 0.6 / (0.2 + 0.6) of the confusions
 
 
 def test_simulate_audit_evaluate_round_trip(tiny, tmp_path, cli):

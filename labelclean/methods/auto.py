@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labelclean.errors import UsageError
-from labelclean.methods.base import METHODS, Batch, TrainContext, belief_suspicion
+from labelclean.methods.base import METHODS, Batch, TrainContext
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import split_nested
 from labelclean.scoring import Evidence
@@ -164,7 +164,7 @@ class Auto(MetaMethod):
         belief = np.mean([e.belief for e in parts.values()], axis=0)
         doubting = np.stack([e.belief.argmax(1) != labels for e in parts.values()])
         names = np.array(list(parts))
-        columns: dict[str, np.ndarray] = {"ce_suspicion": belief_suspicion(self.dynamics.mean(), ctx.labels)}
+        columns: dict[str, np.ndarray] = self.dynamics.columns(ctx.labels)
         for e in parts.values():
             columns.update(e.columns)
         columns["agreement"] = doubting.mean(0)

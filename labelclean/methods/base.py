@@ -174,37 +174,93 @@ METHODS: Registry[type[Method]] = Registry("method")
 
 
 class Dynamics:
-    """Running per-sample class probabilities from the training forward passes.
+    """Running per-sample statistics of the training forward passes.
 
     Each time a sample is visited, the softmax of the logits the loop computed *before* that
     batch's update is added to a per-row sum. The mean over visits is a cheap, largely
     out-of-sample belief: every visit precedes the update on that sample, and averaging over
     the run weighs the early epochs, before the network memorises wrong labels, as much as the
     late ones.
+
+    With the training ``labels`` it also keeps, at no extra forward cost:
+
+    * the **area under the margin** (Pleiss et al., 2020, "Identifying Mislabeled Data using
+      the Area Under the Margin Ranking"): the mean over visits of ``z[label] - max_{k != label}
+      z[k]`` on the logits; a wrong label keeps a negative margin because the other samples of
+      its true class pull it away;
+    * the **late-phase** mean probabilities: visits in the second half of training only, when
+      the early, near-uniform epochs no longer dilute the belief.
     """
 
-    def __init__(self, num_samples: int, num_classes: int) -> None:
+    #: Fraction of training after which visits count as late-phase.
+    LATE_FROM = 0.5
+
+    def __init__(self, num_samples: int, num_classes: int, labels: torch.Tensor | None = None) -> None:
         self.sum = torch.zeros(num_samples, num_classes, dtype=torch.float64)
         self.count = torch.zeros(num_samples, dtype=torch.float64)
+        self.late_sum = torch.zeros(num_samples, num_classes, dtype=torch.float64)
+        self.late_count = torch.zeros(num_samples, dtype=torch.float64)
+        self.margin_sum = torch.zeros(num_samples, dtype=torch.float64)
+        self.labels = None if labels is None else labels.detach().cpu().long()
 
-    def update(self, rows: torch.Tensor, logits: torch.Tensor) -> None:
-        probs = logits.detach().float().softmax(1).double().cpu()
-        self.sum.index_add_(0, rows.cpu(), probs)
-        self.count.index_add_(0, rows.cpu(), torch.ones(len(rows), dtype=torch.float64))
+    def update(self, rows: torch.Tensor, logits: torch.Tensor, late: bool = False) -> None:
+        rows = rows.cpu()
+        z = logits.detach().float()
+        probs = z.softmax(1).double().cpu()
+        ones = torch.ones(len(rows), dtype=torch.float64)
+        self.sum.index_add_(0, rows, probs)
+        self.count.index_add_(0, rows, ones)
+        if late:
+            self.late_sum.index_add_(0, rows, probs)
+            self.late_count.index_add_(0, rows, ones)
+        if self.labels is not None:
+            self.margin_sum.index_add_(0, rows, aum_margin(z, self.labels[rows].to(z.device)).double().cpu())
 
     def mean(self) -> torch.Tensor:
         """``(N, C)`` mean probabilities; uniform for rows never visited."""
-        c = self.sum.shape[1]
-        out = self.sum / self.count.clamp_min(1)[:, None]
-        out[self.count == 0] = 1.0 / c
+        return _mean(self.sum, self.count)
+
+    def late_mean(self) -> torch.Tensor:
+        """``(N, C)`` mean probabilities over late-phase visits (all visits where there were none)."""
+        late = _mean(self.late_sum, self.late_count)
+        none = self.late_count == 0
+        late[none] = self.mean()[none]
+        return late
+
+    def aum(self) -> torch.Tensor:
+        """``(N,)`` area under the margin (mean logit margin of the label); 0 where never visited."""
+        return self.margin_sum / self.count.clamp_min(1)
+
+    def columns(self, labels: torch.Tensor) -> dict[str, np.ndarray]:
+        """The training-dynamics evidence as score columns (higher = more suspicious)."""
+        out = {"ce_suspicion": belief_suspicion(self.mean(), labels),
+               "late_suspicion": belief_suspicion(self.late_mean(), labels)}
+        if self.labels is not None:
+            out["aum"] = self.aum().numpy()
         return out
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"sum": self.sum.clone(), "count": self.count.clone()}
+        return {"sum": self.sum.clone(), "count": self.count.clone(),
+                "late_sum": self.late_sum.clone(), "late_count": self.late_count.clone(),
+                "margin_sum": self.margin_sum.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.sum.copy_(state["sum"])
-        self.count.copy_(state["count"])
+        for name in ("sum", "count", "late_sum", "late_count", "margin_sum"):
+            getattr(self, name).copy_(state[name])
+
+
+def _mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    c = total.shape[1]
+    out = total / count.clamp_min(1)[:, None]
+    out[count == 0] = 1.0 / c
+    return out
+
+
+def aum_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``z[label] - max_{k != label} z[k]`` per row, ``(B,)`` (AUM's margin)."""
+    assigned = logits.gather(1, labels.view(-1, 1)).squeeze(1)
+    other = logits.scatter(1, labels.view(-1, 1), float("-inf")).amax(1)
+    return assigned - other
 
 
 def belief_suspicion(belief: torch.Tensor, labels: torch.Tensor) -> np.ndarray:

@@ -26,17 +26,17 @@ class CrossEntropy(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        self.dynamics = Dynamics(ctx.num_samples, ctx.num_classes)
+        self.dynamics = Dynamics(ctx.num_samples, ctx.num_classes, ctx.labels)
 
     def training_step(self, batch: Batch) -> Any:
         logits = self.context.model(batch.x)
-        self.dynamics.update(batch.index, logits)
+        self.dynamics.update(batch.index, logits, self.context.progress() >= Dynamics.LATE_FROM)
         return F.cross_entropy(logits, batch.y)
 
     def evidence(self) -> Evidence:
         belief = self.dynamics.mean()
         suspicion = belief_suspicion(belief, self.context.labels)
-        return Evidence(suspicion, belief.numpy(), {"ce_suspicion": suspicion})
+        return Evidence(suspicion, belief.numpy(), self.dynamics.columns(self.context.labels))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "dynamics": self.dynamics.state_dict()}

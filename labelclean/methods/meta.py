@@ -88,7 +88,7 @@ class MetaMethod(Method):
 
     def setup(self, ctx: TrainContext) -> None:
         super().setup(ctx)
-        self.dynamics = Dynamics(ctx.num_samples, ctx.num_classes)
+        self.dynamics = Dynamics(ctx.num_samples, ctx.num_classes, ctx.labels)
         warm = float(self.options.warmup)
         self.warmup_epochs = min(ctx.epochs - 1, max(1 if warm > 0 else 0, round(warm * ctx.epochs)))
         verified = torch.where(ctx.verified.cpu())[0]
@@ -235,7 +235,7 @@ class MetaMethod(Method):
         model = self.context.model
         h = model.features(batch.x)
         z = model.head(h)
-        self.dynamics.update(batch.index, z)
+        self.dynamics.update(batch.index, z, self.context.progress() >= Dynamics.LATE_FROM)
         return h, z
 
     def virtual_inputs(self, h: Tensor, z: Tensor) -> tuple[Params, Any]:

@@ -50,7 +50,7 @@ def read_key(prompt: str, fd: int | None = None) -> str:
     except termios.error:  # not a terminal
         return os.read(fd, 1).decode(errors="replace")
     try:
-        tty.setcbreak(fd)
+        tty.setcbreak(fd, termios.TCSANOW)  # keep keys typed ahead (TCSAFLUSH drops them)
         key = os.read(fd, 4).decode(errors="replace")[:1]
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -43,6 +43,8 @@ EXAM = "exam"  # a verified row scored blind to measure the audit (labelclean.ex
 
 # Extra per-sample columns some methods add.
 AGREEMENT = "agreement"
+#: Area under the margin (training dynamics, :class:`labelclean.methods.base.Dynamics`).
+AUM = "aum"
 DOUBTED_BY = "doubted_by"
 EVIDENCE_SUFFIX = "_suspicion"
 
@@ -128,7 +130,7 @@ def coerce(frame: pd.DataFrame, types: dict[str, str] | None = None) -> pd.DataF
     if EXAM in out.columns:
         out[EXAM] = _as_bool(out[EXAM], EXAM)
     for column in out.columns:
-        if column.endswith(EVIDENCE_SUFFIX) or column.endswith("_p_wrong") or column == AGREEMENT:
+        if column.endswith(EVIDENCE_SUFFIX) or column.endswith("_p_wrong") or column in (AGREEMENT, AUM):
             out[column] = pd.to_numeric(out[column], errors="coerce")
     return out
 
