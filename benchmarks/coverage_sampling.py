@@ -24,6 +24,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=400)
     parser.add_argument("--rows", type=int, default=1500)
+    parser.add_argument("--no-correction", action="store_true",
+                        help="the interval for an endless population (before the correction)")
     args = parser.parse_args()
     path = SHARED_DATA / "mnist_subset.npz"
     if not path.is_file():
@@ -39,8 +41,9 @@ def main() -> None:
                 exam = split_exam(sim.true, sim.trusted, 10, seed)
                 if not exam.any():
                     continue
-                iv = interval(int((sim.noisy[exam] != sim.true[exam]).sum()), int(exam.sum()))
                 rest = ~sim.trusted
+                iv = interval(int((sim.noisy[exam] != sim.true[exam]).sum()), int(exam.sum()),
+                              None if args.no_correction else int(rest.sum()))
                 true = (sim.noisy[rest] != sim.true[rest]).mean()
                 hits += iv["low"] <= true <= iv["high"]
                 runs += 1

@@ -100,10 +100,10 @@ def kfold_probs(manifest: Path, labels: list[str], classes: list[str], k: int, e
 
 
 def _truth_frame(run_dir: Path, truth: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    scores = pd.read_csv(run_dir / "scores.csv", dtype={"id": str})
-    scores = scores[~scores["verified"].astype(str).str.lower().eq("true")]
+    scores = pd.read_parquet(run_dir / "scores.parquet")
+    scores = scores[~scores["verified"].astype(bool)]
     true = pd.read_csv(truth, dtype=str).set_index("id")["label"]
-    wrong = (scores["label"].astype(str).to_numpy() != true.loc[scores["id"]].to_numpy())
+    wrong = (scores["given_label"].astype(str).to_numpy() != true.loc[scores["sample_id"]].to_numpy())
     return scores, wrong
 
 

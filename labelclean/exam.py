@@ -10,7 +10,9 @@ scoring, the exam rows' verified labels measure the audit on the team's own nois
   right) and its precision (wrong among flagged);
 * what reviewing the top N would find.
 
-Every proportion gets a 90% Wilson score interval; "reviewing the top N finds about X wrong
+Every proportion gets a 90% Wilson score interval for the rows it is about (the unverified rows,
+the flagged ones, the wrong ones: finite sets disjoint from the exam, so the interval carries
+their own sampling variation too, see :func:`wilson`); "reviewing the top N finds about X wrong
 labels" combines the noise rate with the recall above the top-N cut, so its interval is a
 percentile bootstrap over the exam rows.
 
@@ -54,22 +56,28 @@ BOOTSTRAP = 2000
 MAX_CLASS_SHIFT = 0.15
 
 
-def wilson(k: int, n: int, z: float = Z) -> tuple[float, float, float]:
+def wilson(k: int, n: int, z: float = Z, population: int | None = None) -> tuple[float, float, float]:
     """Proportion ``k / n`` with its Wilson score interval: ``(estimate, low, high)``.
 
-    ``n == 0`` gives ``(nan, 0, 1)``: nothing is known.
+    ``population``: the interval is for the proportion in that many *other* rows (the
+    unverified ones), not in an endless population, so the estimand varies too: the variance
+    is ``p (1 − p) (1/n + 1/population)``, and the interval is Wilson's at the effective size
+    ``n · population / (n + population)`` (a finite-population correction for predicting a
+    disjoint finite set). ``n == 0`` gives ``(nan, 0, 1)``: nothing is known.
     """
     if n <= 0:
         return math.nan, 0.0, 1.0
     p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    m = float(n) if not population else n * population / (n + population)
+    denom = 1 + z * z / m
+    centre = (p + z * z / (2 * m)) / denom
+    half = z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / denom
     return p, max(0.0, centre - half), min(1.0, centre + half)
 
 
-def interval(k: int, n: int) -> dict[str, Any]:
-    p, lo, hi = wilson(k, n)
+def interval(k: int, n: int, population: int | None = None) -> dict[str, Any]:
+    """:func:`wilson` as a summary entry; ``population``: the size of the rows it is about."""
+    p, lo, hi = wilson(k, n, population=population)
     return {"estimate": None if math.isnan(p) else round(p, 4), "low": round(lo, 4),
             "high": round(hi, 4), "k": int(k), "n": int(n)}
 
@@ -128,7 +136,8 @@ class Exam:
 
 def estimates(exam: Exam, population: int, flagged: int, suspicion_free: np.ndarray,
               model_rate: float, classes: list[str], seed: int,
-              top_ns: tuple[int, ...] = (100, 500, 1000)) -> dict[str, Any]:
+              top_ns: tuple[int, ...] = (100, 500, 1000),
+              class_population: np.ndarray | None = None) -> dict[str, Any]:
     """The exam's estimates for the ``population`` unverified rows, with 90% intervals.
 
     ``flagged`` is the audit's flagged count over those rows; ``suspicion_free`` the suspicion
@@ -137,17 +146,17 @@ def estimates(exam: Exam, population: int, flagged: int, suspicion_free: np.ndar
     """
     wrong = exam.wrong
     n, k = len(exam), int(wrong.sum())
-    rate = interval(k, n)
+    rate = interval(k, n, population)
     out: dict[str, Any] = {
         "exam_rows": n, "exam_wrong": k, "level": LEVEL, "population": int(population),
         "noise_rate": rate,
         "expected_wrong_labels": {key: (None if rate[key] is None else round(rate[key] * population))
                                   for key in ("estimate", "low", "high")},
-        "precision": interval(int((exam.flagged & wrong).sum()), int(exam.flagged.sum())),
+        "precision": interval(int((exam.flagged & wrong).sum()), int(exam.flagged.sum()), flagged),
         "false_positive_rate": interval(int((exam.flagged & ~wrong).sum()), int((~wrong).sum())),
     }
     if k >= MIN_WRONG_FOR_RECALL:
-        out["recall"] = interval(int((exam.flagged & wrong).sum()), k)
+        out["recall"] = interval(int((exam.flagged & wrong).sum()), k, round(k / n * population))
     else:
         out["recall"] = None
         out["recall_note"] = (f"only {k} wrong label(s) among the {n} exam rows: too few to "
@@ -155,7 +164,8 @@ def estimates(exam: Exam, population: int, flagged: int, suspicion_free: np.ndar
     per_class = {}
     for c, name in enumerate(classes):
         mask = exam.given == c
-        per_class[name] = interval(int((wrong & mask).sum()), int(mask.sum()))
+        size = None if class_population is None else int(class_population[c])
+        per_class[name] = interval(int((wrong & mask).sum()), int(mask.sum()), size)
     out["noise_rate_per_class"] = per_class
     # Reviewing the top N rests on the recall above each cut: not estimable without wrong labels.
     out["top_n"] = (_top_n(exam, population, suspicion_free, flagged, seed, top_ns)

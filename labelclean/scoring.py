@@ -326,7 +326,8 @@ class Scored:
         if self.exam is not None:
             out["estimates"] = estimates(
                 self.exam, int(free.sum()), int(self.is_suspect.sum()), self.suspicion[free],
-                self.model_noise_rate, classes, self.seed)
+                self.model_noise_rate, classes, self.seed,
+                class_population=np.bincount(given[free], minlength=len(classes)))
         else:
             out["estimates"] = {"exam_rows": 0, "note": NO_EXAM}
         return out

@@ -252,3 +252,20 @@ def test_an_audit_that_learnt_nothing_says_so(tmp_path):
                              image_size=8, report=False))
     check = result.summary["model_check"]
     assert check["on"] == "exam" and check["warning"] in result.summary["notes"]
+
+
+def test_the_noise_rate_interval_covers_the_unverified_rows_when_the_exam_is_a_large_share():
+    """Half of 1,500 rows examined: the rate of the *other* 750 varies too (finite population)."""
+    from labelclean.exam import interval
+
+    rng = np.random.default_rng(0)
+    rows, examined, hits = 1500, 750, 0
+    for _ in range(2000):
+        wrong = rng.random(rows) < 0.2
+        exam = rng.permutation(rows) < examined
+        iv = interval(int(wrong[exam].sum()), examined, rows - examined)
+        hits += iv["low"] <= wrong[~exam].mean() <= iv["high"]
+    assert 0.86 <= hits / 2000 <= 0.94  # 90% intervals; without the correction about 75%
+    wide, narrow = interval(30, 200, 200), interval(30, 200)
+    assert wide["low"] < narrow["low"] and wide["high"] > narrow["high"]
+    assert interval(30, 200, 10**9)["low"] == narrow["low"]
