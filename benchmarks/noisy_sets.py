@@ -92,7 +92,7 @@ def kfold_probs(manifest: Path, labels: list[str], classes: list[str], k: int, e
         model = result.model.eval()
         mean, std = _normalisation(model, pixels[tr])
         with torch.no_grad():
-            xb = pixels[te].float().div(255).sub(mean.view(1, 3, 1, 1)).div(std.view(1, 3, 1, 1))
+            xb = pixels[te].float().div(255).sub(mean).div(std)
             if model.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             probs[te] = torch.cat([model(xb[i:i + 512]).softmax(1) for i in range(0, len(te), 512)]).numpy()

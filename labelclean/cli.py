@@ -68,6 +68,8 @@ def audit(
     dataset: Annotated[Path, typer.Argument(help="Image folder (one sub-folder per class) or a CSV, Parquet or JSON-lines manifest.")],
     trusted: Annotated[Optional[Path], typer.Option(help="CSV/Parquet of verified labels (path, label).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default: a new folder under ./labelclean-runs/).")] = None,
+    features: Annotated[Optional[Path], typer.Option(help="Your embeddings (Parquet/CSV with an id column and a vector, or .npy in manifest order): train the methods on them, not on pixels.")] = None,
+    pred_probs: Annotated[Optional[Path], typer.Option(help="Your out-of-sample predicted probabilities (Parquet/CSV with ids and one column per class, or .npy in manifest order): score them, no training.")] = None,
     method: Annotated[C.Method, typer.Option(help="Method: see 'labelclean methods' (default auto: all four combined).")] = "auto",
     backbone: Annotated[C.Backbone, typer.Option(help="Backbone network (test_tiny: for tests only).")] = "small_cnn",
     weights: Annotated[Optional[str], typer.Option(help="'imagenet' (torchvision) or a local checkpoint path.")] = None,
@@ -112,6 +114,7 @@ def audit(
         fail_if_noise_above=fail_if_noise_above, fail_if_flagged_above=fail_if_flagged_above,
         meta_scope=meta_scope, method_options=_parse_options(option or []),
         strict=strict, resume=resume, overwrite=overwrite, device=device, report=report,
+        features=str(features) if features else None, pred_probs=str(pred_probs) if pred_probs else None,
     )
     result = run_audit(config, Reporter() if quiet else RichReporter(err))
     if fmt == "json":

@@ -57,6 +57,10 @@ class RunConfig:
     overwrite: bool = False
     device: str = "cpu"
     num_threads: int | None = None
+    #: A user's embeddings (Parquet/CSV with ids, or .npy in manifest order): train on them.
+    features: str | None = None
+    #: A user's out-of-sample predicted probabilities: score them, no training.
+    pred_probs: str | None = None
     report: bool = True
 
     def validate(self) -> RunConfig:
@@ -92,6 +96,8 @@ class RunConfig:
                 self.meta_scope in ("head", "full"),
                 f"--meta-scope: expected head or full, found {self.meta_scope!r}",
             ),
+            (not (self.features and self.pred_probs),
+             "--features and --pred-probs: expected one of them, found both"),
             (
                 self.device in ("cpu", "cuda", "auto"),
                 f"--device: expected cpu, cuda or auto, found {self.device!r}",

@@ -44,7 +44,7 @@ from labelclean.run.writer import (
     write_scores,
     write_transition,
 )
-from labelclean.scoring import Evidence, Scored, score, transition_from_labels
+from labelclean.scoring import Evidence, Scored, probs_evidence, score, transition_from_labels
 from labelclean.train import train
 from labelclean.version import __version__
 
@@ -92,20 +92,25 @@ def fit_epochs(num_samples: int) -> int:
     return int(min(30, max(10, round(100_000 / max(1, num_samples)))))
 
 
-def fit_batch_size(num_samples: int) -> int:
-    """128, smaller for tiny datasets so that an epoch has at least 8 steps."""
-    return int(min(128, max(8, num_samples // 8)))
+def fit_batch_size(num_samples: int, vectors: bool = False) -> int:
+    """128 images (1,024 vectors: a linear head's step is cheap, the step count is not),
+    smaller for tiny datasets so that an epoch has at least 8 steps."""
+    return int(min(1024 if vectors else 128, max(8, num_samples // 8)))
 
 
 def resolve_config(config: RunConfig, samples: Samples) -> RunConfig:
     """Fill the "fit to data" settings and make paths absolute."""
+    pixels = not (config.features or config.pred_probs)
     paths = samples.table[S.ABS_PATH].tolist()
+    absolute = {k: str(Path(v).resolve()) for k in ("features", "pred_probs")
+                if (v := getattr(config, k))}
     return config.replace(
         dataset=str(Path(config.dataset).resolve()),
         trusted=str(Path(config.trusted).resolve()) if config.trusted else None,
-        image_size=config.image_size or fit_image_size(paths, config.backbone),
+        image_size=config.image_size or (fit_image_size(paths, config.backbone) if pixels else None),
         epochs=config.epochs or fit_epochs(len(samples)),
-        batch_size=config.batch_size or fit_batch_size(len(samples)),
+        batch_size=config.batch_size or fit_batch_size(len(samples), vectors=not pixels),
+        **absolute,
     )
 
 
@@ -223,6 +228,7 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
     samples = load_samples(
         Path(config.dataset), Path(config.trusted) if config.trusted else None,
         config.path_column, config.label_column, config.id_column,
+        require_path=not (config.features or config.pred_probs),
     )
     for note in samples.notes:
         reporter.notice(note)
@@ -241,21 +247,30 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
 def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, reporter: Reporter,
          started: float) -> AuditResult:
     write_json(run_dir / "config.json", config.to_dict())
-    assert config.image_size is not None
 
     t0 = time.perf_counter()
-    check_cache_memory(len(samples), config.image_size)
-    limit = DEFAULT_MAX_PIXELS if config.max_image_pixels is None else config.max_image_pixels
-    with reporter.task("decoding images", len(samples)) as advance:
-        pixels, failures, large = decode_images(samples.table[S.ABS_PATH].tolist(),
-                                                config.image_size, advance, max_pixels=limit)
-    if large:
-        reporter.notice(f"{large} image(s) above {LARGE_PIXELS:,} pixels were decoded (JPEGs at a "
-                        "reduced scale); each needs its full size in memory while it decodes")
-    keep = _handle_failures(samples, failures, config.strict, run_dir, reporter)
     all_samples = samples
-    samples = samples.subset(keep)
-    pixels = pixels[torch.from_numpy(keep)]
+    failures: dict[int, str] = {}
+    probs: np.ndarray | None = None
+    if config.pred_probs:
+        from labelclean.data.vectors import read_pred_probs
+
+        with reporter.task("reading predicted probabilities", 1) as advance:
+            probs = read_pred_probs(Path(config.pred_probs), samples, samples.input.id_column)
+            advance(1)
+        inputs = torch.empty(0)
+    elif config.features:
+        from labelclean.data.vectors import read_features
+
+        with reporter.task("reading features", 1) as advance:
+            inputs = torch.from_numpy(read_features(Path(config.features), samples,
+                                                    samples.input.id_column))
+            advance(1)
+    else:
+        inputs, failures = _decode(config, samples, reporter)
+        keep = _handle_failures(samples, failures, config.strict, run_dir, reporter)
+        samples = samples.subset(keep)
+        inputs = inputs[torch.from_numpy(keep)]
     _check_classes(samples)
     decode_seconds = time.perf_counter() - t0
 
@@ -282,17 +297,22 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     # Exam rows train blind: with their given label, outside the reference set.
     reference = verified & ~exam
     targets = np.where(exam, given, samples.targets)
-    result = train(
-        config, pixels, torch.from_numpy(targets), torch.from_numpy(reference),
-        samples.sample_ids, len(samples.classes), method, run_dir, reporter,
-    )
-    evidence = result.evidence
+    if probs is not None:
+        result = None
+        evidence = probs_evidence(probs, targets)
+        final_probs: np.ndarray | None = probs
+    else:
+        result = train(
+            config, inputs, torch.from_numpy(targets), torch.from_numpy(reference),
+            samples.sample_ids, len(samples.classes), method, run_dir, reporter,
+        )
+        evidence, final_probs = result.evidence, result.final_probs
     notes.extend(evidence.summary.get("notes", []))
 
     scored = score(evidence, given, verified, samples.targets, config.threshold, exam, config.seed)
     extra = dict(evidence.columns)
-    if result.final_probs is not None:  # the final model on un-augmented images
-        extra["final_suspicion"] = 1.0 - result.final_probs[np.arange(len(targets)), targets]
+    if result is not None and final_probs is not None:  # the final model on un-augmented images
+        extra["final_suspicion"] = 1.0 - final_probs[np.arange(len(targets)), targets]
     scores = scores_frame(samples, scored, {**extra, S.EXAM: exam})
     transition, transition_source = _transition(evidence, samples, scored)
     outputs = [*write_scores(run_dir, scores), write_transition(run_dir, transition)]
@@ -315,15 +335,16 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
         "classes": samples.classes,
         **scored.summary(given, samples.targets, verified, samples.classes),
         "transition_source": transition_source,
-        "epochs": config.epochs,
+        "input": "pred-probs" if config.pred_probs else "features" if config.features else "images",
+        "epochs": config.epochs if result else 0,
         "image_size": config.image_size,
         "batch_size": config.batch_size,
-        "resumed_from_epoch": result.resumed_from_epoch,
+        "resumed_from_epoch": result.resumed_from_epoch if result else 0,
         "timings": {
             "decode_seconds": round(decode_seconds, 3),
-            "train_seconds": round(result.seconds, 3),
+            "train_seconds": round(result.seconds, 3) if result else 0.0,
             "total_seconds": round(time.perf_counter() - started, 3),
-            "train_images_per_second": round(result.images_per_second, 1),
+            "train_images_per_second": round(result.images_per_second, 1) if result else 0.0,
         },
         "method_summary": {k: v for k, v in evidence.summary.items() if k != "notes"},
         "notes": notes,
@@ -337,8 +358,8 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     summary["exam_rows"] = int(exam.sum())
     rate = summary["estimates"].get("noise_rate")
     clean = 1 - rate["estimate"] if rate and rate["estimate"] is not None else None
-    if result.final_probs is not None:
-        check = model_check(result.final_probs, samples.targets, exam, reference, clean)
+    if final_probs is not None:
+        check = model_check(final_probs, samples.targets, exam, reference, clean)
         summary["model_check"] = check
         if check["warning"]:
             reporter.notice(check["warning"])
@@ -350,6 +371,20 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
 
         build_report(run_dir)
     return AuditResult(run_dir, scores, summary, config, transition, reporter.notices)
+
+
+def _decode(config: RunConfig, samples: Samples, reporter: Reporter) -> tuple[torch.Tensor, dict[int, str]]:
+    """The pixel cache ``(N, 3, S, S)`` uint8 and the unreadable images (row -> reason)."""
+    assert config.image_size is not None
+    check_cache_memory(len(samples), config.image_size)
+    limit = DEFAULT_MAX_PIXELS if config.max_image_pixels is None else config.max_image_pixels
+    with reporter.task("decoding images", len(samples)) as advance:
+        pixels, failures, large = decode_images(samples.table[S.ABS_PATH].tolist(),
+                                                config.image_size, advance, max_pixels=limit)
+    if large:
+        reporter.notice(f"{large} image(s) above {LARGE_PIXELS:,} pixels were decoded (JPEGs at a "
+                        "reduced scale); each needs its full size in memory while it decodes")
+    return pixels, failures
 
 
 def _exam_notes(samples: Samples, verified: np.ndarray, dataset_rows: np.ndarray,

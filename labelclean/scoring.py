@@ -81,6 +81,15 @@ class Evidence:
                 raise ValueError(f"evidence: member {name} has {len(values)} rows, expected {n}")
 
 
+def probs_evidence(probs: np.ndarray, labels: np.ndarray) -> Evidence:
+    """Evidence from a user's out-of-sample predicted probabilities (``--pred-probs``):
+    ``suspicion = 1 − p(given)``, the belief is the probabilities themselves."""
+    probs = np.asarray(probs, dtype=np.float64)
+    suspicion = np.clip(1.0 - probs[np.arange(len(labels)), labels], 0.0, 1.0)
+    return Evidence(suspicion, probs, {"pred_probs_suspicion": suspicion},
+                    summary={"source": "pred-probs"})
+
+
 @dataclass
 class Mixture:
     """A two-component 1-D Gaussian mixture over ``logit(suspicion)``; component 1 is "doubtful"."""

@@ -200,7 +200,7 @@ def _predict(model: torch.nn.Module, pixels: torch.Tensor, fit_pixels: torch.Ten
     out = []
     with torch.no_grad():
         for i in range(0, len(pixels), 512):
-            x = pixels[i:i + 512].float().div(255).sub(mean.view(1, 3, 1, 1)).div(std.view(1, 3, 1, 1))
+            x = pixels[i:i + 512].float().div(255).sub(mean).div(std)
             out.append(model(x).softmax(1).double().numpy())
     return np.concatenate(out)
 

@@ -45,13 +45,17 @@ class InputTable:
     label_column: str
     id_column: str | None
     notes: list[str] = field(default_factory=list)
+    #: False for a manifest without image paths (``--features`` or ``--pred-probs``).
+    has_paths: bool = True
 
     def ids(self) -> list[str]:
         column = self.id_column or self.path_column
         return [str(v) for v in self.frame[column]]
 
     def abs_paths(self) -> list[str]:
-        """Each row's image path, resolved against :attr:`base_dir`."""
+        """Each row's image path, resolved against :attr:`base_dir` ("" without a path column)."""
+        if not self.has_paths:
+            return [""] * len(self.frame)
         return [_resolve(self.base_dir, str(v)) for v in self.frame[self.path_column]]
 
 
@@ -196,15 +200,22 @@ def load_folder(root: Path) -> InputTable:
 
 
 def load_manifest(
-    path: Path, path_column: str, label_column: str, id_column: str | None
+    path: Path, path_column: str, label_column: str, id_column: str | None,
+    require_path: bool = True,
 ) -> InputTable:
-    """Read a CSV or Parquet manifest and check its columns, ids and values."""
+    """Read a CSV or Parquet manifest and check its columns, ids and values.
+
+    ``require_path=False`` (``--features``, ``--pred-probs``): the image path column is
+    optional, and without it the rows need an id column.
+    """
     if path.suffix.lower() not in TABLE_SUFFIXES:
         raise DataError(f"{path}: expected a .csv, .parquet or .jsonl manifest, found "
                         f"{path.suffix!r}")
     frame = read_table(path)
     kind = TABLE_SUFFIXES[path.suffix.lower()]
-    wanted = [path_column, label_column] + ([id_column] if id_column else [])
+    has_path = path_column in frame.columns
+    wanted = ([path_column] if require_path or has_path else []) + [label_column] + (
+        [id_column] if id_column else [])
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
         found = ", ".join(map(str, frame.columns)) or "no columns"
@@ -216,9 +227,12 @@ def load_manifest(
         raise DataError(f"{path}: expected at least one row, found none")
     if id_column is None and "id" in frame.columns and path_column != "id":
         id_column = "id"
+    if not has_path and id_column is None:
+        raise DataError(f"{path}: expected an id column ('id' or --id-column) when there is no "
+                        f"{path_column!r} column, found {', '.join(map(str, frame.columns))}")
     raise_problems(label_problems(frame[label_column], str(path)))
     problems: list[str] = []
-    for column in [path_column, label_column] + ([id_column] if id_column else []):
+    for column in ([path_column] if has_path else []) + [label_column] + ([id_column] if id_column else []):
         empty = frame[column].isna() | (frame[column].astype(str).str.strip() == "")
         for i in np.flatnonzero(empty.to_numpy()):
             _problem(problems, f"{path} row {i + 1}: column {column!r} is empty")
@@ -230,7 +244,8 @@ def load_manifest(
         _problem(problems, f"{path}: duplicate {key} {value!r} in rows {numbers} "
                  "(each row needs a unique id; add an id column or remove duplicates)")
     raise_problems(problems)
-    return InputTable(kind, path, path.parent, frame, path_column, label_column, id_column)
+    return InputTable(kind, path, path.parent, frame, path_column, label_column, id_column,
+                      has_paths=has_path)
 
 
 def load_input(
@@ -238,6 +253,7 @@ def load_input(
     path_column: str = "path",
     label_column: str = "label",
     id_column: str | None = None,
+    require_path: bool = True,
 ) -> InputTable:
     """Read a dataset given as an image folder or a CSV/Parquet manifest."""
     dataset = Path(dataset)
@@ -245,7 +261,7 @@ def load_input(
         raise DataError(f"{dataset}: dataset not found (expected an image folder or a manifest)")
     if dataset.is_dir():
         return load_folder(dataset)
-    return load_manifest(dataset, path_column, label_column, id_column)
+    return load_manifest(dataset, path_column, label_column, id_column, require_path)
 
 
 def _resolve(base: Path, value: str) -> str:
@@ -293,9 +309,14 @@ def load_samples(
     path_column: str = "path",
     label_column: str = "label",
     id_column: str | None = None,
+    require_path: bool = True,
 ) -> Samples:
-    """Read the dataset and the trusted set into one validated :class:`Samples` table."""
-    inp = load_input(Path(dataset), path_column, label_column, id_column)
+    """Read the dataset and the trusted set into one validated :class:`Samples` table.
+
+    ``require_path=False``: the manifest's path column is optional (``--features``,
+    ``--pred-probs``); rows without one have empty paths.
+    """
+    inp = load_input(Path(dataset), path_column, label_column, id_column, require_path)
     labels = _label_strings(inp.frame[inp.label_column])
     label_values: dict[str, Any] = {}
     for s, v in zip(labels, inp.frame[inp.label_column]):
@@ -307,12 +328,12 @@ def load_samples(
         )
     index = {c: i for i, c in enumerate(classes)}
     notes: list[str] = []
-    paths = [str(v) for v in inp.frame[inp.path_column]]
+    paths = [str(v) for v in inp.frame[inp.path_column]] if inp.has_paths else [""] * len(inp.frame)
     table = pd.DataFrame(
         {
             S.SAMPLE_ID: inp.ids(),
             S.PATH: paths,
-            S.ABS_PATH: [_resolve(inp.base_dir, p) for p in paths],
+            S.ABS_PATH: [_resolve(inp.base_dir, p) if p else "" for p in paths],
             S.LABEL: labels,
             S.LABEL_INDEX: [index[c] for c in labels],
             S.VERIFIED: False,
@@ -338,13 +359,16 @@ def _merge_trusted(
     frame = read_table(path)
     path_col = inp.path_column if inp.path_column in frame.columns else S.PATH
     label_col = inp.label_column if inp.label_column in frame.columns else S.LABEL
-    missing = [c for c in (path_col, label_col) if c not in frame.columns]
+    missing = [c for c in (path_col, label_col) if c not in frame.columns
+               and (inp.has_paths or c == label_col)]
     if missing:
         found = ", ".join(map(str, frame.columns)) or "no columns"
         raise DataError(
             f"{path}: expected trusted-set column(s) {', '.join(map(repr, missing))}, found {found}"
         )
     id_col = inp.id_column if inp.id_column and inp.id_column in frame.columns else None
+    if not inp.has_paths:
+        return _merge_trusted_by_id(table, frame, path, id_col, label_col, classes)
     raise_problems(label_problems(frame[label_col], str(path)))
     labels = _label_strings(frame[label_col])
     problems: list[str] = []
@@ -407,6 +431,36 @@ def _merge_trusted(
             _problem(problems, f"{path}: trusted id {sid!r} is used by another sample")
         raise_problems(problems)
         table = pd.concat([table, rows], ignore_index=True)
+    return table
+
+
+def _merge_trusted_by_id(table: pd.DataFrame, frame: pd.DataFrame, path: Path, id_col: str | None,
+                         label_col: str, classes: list[str]) -> pd.DataFrame:
+    """Trusted rows for a manifest without image paths: matched by id, each to a dataset row."""
+    if id_col is None:
+        raise DataError(f"{path}: expected the manifest's id column in the trusted set (the "
+                        "manifest has no image paths to match on)")
+    raise_problems(label_problems(frame[label_col], str(path)))
+    labels = _label_strings(frame[label_col])
+    by_id = {sid: i for i, sid in enumerate(table[S.SAMPLE_ID])}
+    problems: list[str] = []
+    table = table.copy()
+    seen: dict[int, str] = {}
+    for r, (sid, label) in enumerate(zip(frame[id_col].astype(str), labels)):
+        where = f"{path} row {r + 1}"
+        i = by_id.get(sid)
+        if label not in classes:
+            _problem(problems, f"{where}: trusted label {label!r} is not a class of the dataset")
+        elif i is None:
+            _problem(problems, f"{where}: id {sid!r} is not in the dataset (without image paths "
+                     "every trusted row must be a dataset row)")
+        elif i in seen and seen[i] != label:
+            _problem(problems, f"{where}: sample {sid!r} is trusted twice with different labels")
+        else:
+            seen[i] = label
+            table.at[i, S.VERIFIED] = True
+            table.at[i, S.TRUSTED_LABEL] = label
+    raise_problems(problems)
     return table
 
 

@@ -123,7 +123,8 @@ def export_labels(
         if promote_trusted:
             images = corrected[names[S.IMAGE_PATH]].astype(str).tolist()
             promote(run, images, ids, decided, Path(promote_trusted))
-    frame[path_column] = rewrite_paths(frame[path_column].astype(object), run.path, dest.parent)
+    if path_column in frame.columns:
+        frame[path_column] = rewrite_paths(frame[path_column].astype(object), run.path, dest.parent)
     write_table(dest, frame, fmt)
     return dest, changed, len(corrected)
 

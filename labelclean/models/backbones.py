@@ -164,5 +164,11 @@ def resnet50(num_classes: int, weights: str | None = None) -> Backbone:
     return _resnet("resnet50", num_classes, weights)
 
 
+def linear_probe(dim: int, num_classes: int) -> Backbone:
+    """A linear head on ``(B, dim)`` vectors (``--features``): ``features`` is the identity, so
+    head-scope meta steps and MLNT's neighbours work on the vectors themselves."""
+    return Backbone(nn.Identity(), dim, num_classes)
+
+
 def build_backbone(name: str, num_classes: int, weights: str | None = None) -> Backbone:
     return BACKBONES.get(name)(num_classes, weights)

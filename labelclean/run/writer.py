@@ -124,7 +124,8 @@ def write_corrected(samples: Samples, scores: pd.DataFrame, run_dir: Path) -> tu
     """
     inp = samples.input
     frame = inp.frame.copy()
-    frame[inp.path_column] = rewrite_paths(frame[inp.path_column].astype(object), inp.base_dir, run_dir)
+    if inp.has_paths:
+        frame[inp.path_column] = rewrite_paths(frame[inp.path_column].astype(object), inp.base_dir, run_dir)
     names = S.added_names(frame.columns)
     dataset = (samples.table[S.SOURCE] == S.DATASET).to_numpy()
     pick = scores[dataset].set_index(samples.table.loc[dataset, S.ROW].to_numpy()).reindex(

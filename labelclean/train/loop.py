@@ -26,7 +26,7 @@ from labelclean.config import RunConfig
 from labelclean.errors import ConfigError, LabelcleanError
 from labelclean.io import atomic_write
 from labelclean.methods.base import Batch, Evidence, Method, TrainContext
-from labelclean.models import Backbone, build_backbone
+from labelclean.models import Backbone, build_backbone, linear_probe
 from labelclean.progress import Reporter
 from labelclean.train.augment import augment
 
@@ -66,18 +66,29 @@ def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
     return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _normalisation(model: Backbone, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def is_vectors(inputs: torch.Tensor) -> bool:
+    """``(N, D)`` float vectors (embeddings), as opposed to ``(N, 3, S, S)`` uint8 pixels."""
+    return inputs.ndim == 2 and inputs.is_floating_point()
+
+
+def _normalisation(model: Backbone, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel (pixels) or per-dimension (vectors) mean and std, shaped to broadcast."""
+    if is_vectors(inputs):
+        chunk = inputs[:: max(1, len(inputs) // 100_000)].double()  # at most ~100k rows
+        return (chunk.mean(0).float().view(1, -1),
+                chunk.std(0).float().clamp_min(1e-6).view(1, -1) if len(chunk) > 1
+                else torch.ones(1, inputs.shape[1]))
     if model.mean is not None and model.std is not None:
-        return torch.tensor(model.mean), torch.tensor(model.std)
-    x = pixels.float() / 255.0
+        return torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)
+    x = inputs.float() / 255.0
     mean = x.mean(dim=(0, 2, 3))
     std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    return mean, std
+    return mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
 
 
 def train(
     config: RunConfig,
-    pixels: torch.Tensor,
+    inputs: torch.Tensor,
     labels: torch.Tensor,
     verified: torch.Tensor,
     sample_ids: list[str],
@@ -86,20 +97,31 @@ def train(
     run_dir: Path,
     reporter: Reporter,
 ) -> TrainResult:
-    """Train ``method`` on ``pixels`` (``(N, 3, S, S)`` uint8) and return its evidence."""
+    """Train ``method`` on ``inputs`` and return its evidence.
+
+    ``inputs`` are ``(N, 3, S, S)`` uint8 pixels (the backbone ``config.backbone``, augmented
+    per batch) or ``(N, D)`` float vectors (``--features``: a linear head on the standardised
+    vectors, :func:`labelclean.models.linear_probe`, no augmentation).
+    """
     assert config.epochs is not None and config.batch_size is not None
     device = resolve_device(config.device)
     n = len(labels)
     torch.manual_seed(config.seed)
-    model = build_backbone(config.backbone, num_classes, config.weights).to(device)
+    vectors = is_vectors(inputs)
+    if vectors:
+        model = linear_probe(inputs.shape[1], num_classes).to(device)
+    else:
+        model = build_backbone(config.backbone, num_classes, config.weights).to(device)
     memory_format = torch.channels_last if model.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    mean, std = _normalisation(model, pixels)
-    mean, std = mean.view(1, 3, 1, 1).to(device), std.view(1, 3, 1, 1).to(device)
+    mean, std = _normalisation(model, inputs)
+    mean, std = mean.to(device), std.to(device)
     generator = torch.Generator().manual_seed(config.seed)
 
     def load(rows: torch.Tensor, augmented: bool) -> torch.Tensor:
-        x = pixels[rows.cpu()]
+        x = inputs[rows.cpu()]
+        if vectors:
+            return x.to(device, non_blocking=True).float().sub_(mean).div_(std)
         if augmented:
             x = augment(x, config.augment, generator)
         x = x.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)

@@ -1,0 +1,149 @@
+"""Bring your own model: ``--features`` (embeddings) and ``--pred-probs`` (probabilities)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from labelclean import RunConfig, audit
+from labelclean.errors import DataError
+from labelclean.metrics import auroc
+
+CLASSES = ["ant", "bee", "cow", "doe"]
+
+
+@pytest.fixture
+def vec(tmp_path):
+    """600 rows of 16-d Gaussian blobs (one per class), 60 wrong labels, 60 verified rows."""
+    rng = np.random.default_rng(0)
+    n, d, c = 600, 16, len(CLASSES)
+    true = np.repeat(np.arange(c), n // c)
+    centres = rng.normal(0, 3, (c, d))
+    x = (centres[true] + rng.normal(0, 1, (n, d))).astype(np.float32)
+    given = true.copy()
+    wrong = rng.choice(n, 60, replace=False)
+    given[wrong] = (true[wrong] + rng.integers(1, c, len(wrong))) % c
+    ids = [f"s{i:04d}" for i in range(n)]
+    manifest = tmp_path / "labels.csv"
+    pd.DataFrame({"id": ids, "label": np.array(CLASSES)[given]}).to_csv(manifest, index=False)
+    verified = rng.choice(n, 60, replace=False)
+    trusted = tmp_path / "trusted.csv"
+    pd.DataFrame({"id": np.array(ids)[verified], "label": np.array(CLASSES)[true[verified]]}).to_csv(
+        trusted, index=False)
+    emb = tmp_path / "emb.parquet"
+    order = rng.permutation(n)  # rows meet by id, not by position
+    pd.DataFrame({"id": np.array(ids)[order], "embedding": list(x[order])}).to_parquet(emb)
+    np.save(tmp_path / "emb.npy", x)
+    return {"manifest": manifest, "trusted": trusted, "emb": emb, "npy": tmp_path / "emb.npy",
+            "x": x, "true": true, "given": given, "ids": ids, "tmp": tmp_path}
+
+
+def _wrong(run, v):
+    scores = run.scores.set_index("sample_id").loc[v["ids"]]
+    free = ~scores["verified"].to_numpy()
+    return scores, free, (v["given"] != v["true"])
+
+
+def test_features_audit_finds_the_wrong_labels_without_images(vec):
+    config = RunConfig(dataset=str(vec["manifest"]), trusted=str(vec["trusted"]),
+                       features=str(vec["emb"]), out=str(vec["tmp"] / "run"), epochs=8)
+    run = audit(config)
+    scores, free, wrong = _wrong(run, vec)
+    assert run.summary["input"] == "features"
+    assert auroc(scores["suspicion"].to_numpy()[free], wrong[free]) > 0.95
+    flagged = scores["is_suspect"].to_numpy()
+    assert (flagged & wrong).sum() >= 0.8 * (wrong & free).sum()
+    assert (scores["suggested_label"].to_numpy()[flagged & wrong]
+            == np.array(CLASSES)[vec["true"][flagged & wrong]]).mean() > 0.9
+    # No path column: the corrected manifest is the input's columns plus the audit's.
+    corrected = pd.read_csv(run.run_dir / "corrected.csv")
+    assert "path" not in corrected.columns and list(corrected.columns[:2]) == ["id", "label"]
+    assert (run.run_dir / "report.html").is_file()
+
+
+def test_npy_in_manifest_order_gives_the_same_scores_as_parquet_with_ids(vec):
+    a = audit(RunConfig(dataset=str(vec["manifest"]), trusted=str(vec["trusted"]),
+                        features=str(vec["emb"]), out=str(vec["tmp"] / "a"), epochs=3, report=False))
+    b = audit(RunConfig(dataset=str(vec["manifest"]), trusted=str(vec["trusted"]),
+                        features=str(vec["npy"]), out=str(vec["tmp"] / "b"), epochs=3, report=False))
+    assert np.array_equal(a.scores["suspicion"], b.scores["suspicion"])
+
+
+def test_pred_probs_are_scored_without_training(vec, cli):
+    rng = np.random.default_rng(1)
+    logits = 4.0 * np.eye(len(CLASSES))[vec["true"]] + rng.normal(0, 1, (len(vec["true"]), len(CLASSES)))
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    frame = pd.DataFrame(probs, columns=CLASSES)
+    frame.insert(0, "id", vec["ids"])
+    frame = frame[["id", "doe", "cow", "bee", "ant"]]  # columns found by class name, any order
+    path = vec["tmp"] / "probs.csv"
+    frame.to_csv(path, index=False)
+    code, out, err = cli("audit", vec["manifest"], "--trusted", vec["trusted"], "--pred-probs", path,
+                         "--out", vec["tmp"] / "pp", "--format", "json", "--quiet")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["input"] == "pred-probs" and summary["epochs"] == 0
+    assert not (vec["tmp"] / "pp" / "checkpoint.pt").exists()
+    scores = pd.read_csv(vec["tmp"] / "pp" / "scores.csv").set_index("sample_id").loc[vec["ids"]]
+    free = ~scores["verified"].to_numpy()
+    wrong = vec["given"] != vec["true"]
+    expected = 1 - probs[np.arange(len(probs)), vec["given"]]
+    assert np.allclose(scores["pred_probs_suspicion"].to_numpy()[free], expected[free], atol=1e-5)
+    assert auroc(scores["suspicion"].to_numpy()[free], wrong[free]) > 0.95
+    assert summary["estimates"]["exam_rows"] >= 20 and summary["estimates"]["noise_rate"]["k"] > 0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing_row", "1 sample(s) have no row (first: id 's0599')"),
+    ("nan", "hold NaN or infinite values"),
+    ("ragged", "vectors differ in length"),
+    ("short_npy", "599 rows, expected 600"),
+])
+def test_bad_features_are_one_line_errors(vec, cli, case, message):
+    x = vec["x"].copy()
+    if case == "missing_row":
+        path = vec["tmp"] / "bad.parquet"
+        pd.DataFrame({"id": vec["ids"][:-1], "embedding": list(x[:-1])}).to_parquet(path)
+    elif case == "nan":
+        x[5, 3] = np.nan
+        path = vec["tmp"] / "bad.npy"
+        np.save(path, x)
+    elif case == "ragged":
+        path = vec["tmp"] / "bad.parquet"
+        rows = [list(r) for r in x]
+        rows[7] = rows[7][:-1]
+        pd.DataFrame({"id": vec["ids"], "embedding": rows}).to_parquet(path)
+    else:
+        path = vec["tmp"] / "bad.npy"
+        np.save(path, x[:-1])
+    code, _out, err = cli("audit", vec["manifest"], "--features", path, "--out", vec["tmp"] / "r")
+    assert code == 1 and message in err and "Traceback" not in err
+    errors = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and err.strip().splitlines()[-1] == errors[0]  # stage lines, one error
+    assert not (vec["tmp"] / "r" / "config.json").exists()
+
+
+def test_pred_probs_that_are_not_probabilities_are_refused(vec):
+    frame = pd.DataFrame(np.full((len(vec["ids"]), len(CLASSES)), 0.5), columns=CLASSES)
+    frame.insert(0, "id", vec["ids"])
+    frame.to_csv(vec["tmp"] / "p.csv", index=False)
+    with pytest.raises(DataError, match=r"sums to 2\); expected non-negative values summing to 1"):
+        audit(RunConfig(dataset=str(vec["manifest"]), pred_probs=str(vec["tmp"] / "p.csv"),
+                        out=str(vec["tmp"] / "r")))
+    frame = frame.drop(columns=["cow"])
+    frame.to_csv(vec["tmp"] / "p.csv", index=False)
+    with pytest.raises(DataError, match="no column for class"):
+        audit(RunConfig(dataset=str(vec["manifest"]), pred_probs=str(vec["tmp"] / "p.csv"),
+                        out=str(vec["tmp"] / "r")))
+
+
+def test_a_manifest_without_paths_needs_ids_for_images_but_not_for_features(vec, tmp_path):
+    frame = pd.read_csv(vec["manifest"]).drop(columns=["id"])
+    frame.to_csv(tmp_path / "noid.csv", index=False)
+    with pytest.raises(DataError, match="expected an id column"):
+        audit(RunConfig(dataset=str(tmp_path / "noid.csv"), features=str(vec["emb"]), out=str(tmp_path / "r")))
+    with pytest.raises(DataError, match="expected column\\(s\\) 'path'"):
+        audit(RunConfig(dataset=str(vec["manifest"]), out=str(tmp_path / "r")))
