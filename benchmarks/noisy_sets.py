@@ -146,6 +146,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: labelclean's fit to data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each audit's run folder and the simulated labels under this folder")
     parser.add_argument("--section", default=None, help="docs section name (default: noisy_<datasets>)")
     parser.add_argument("--render", type=Path, default=None,
                         help="rebuild the docs section from a saved raw JSON file, without running")
@@ -170,8 +172,9 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
     raw = {"command": command(), "machine": machine(), "dataset": dataset,
            "images": len(pd.read_csv(manifest)), "results": {}}
     oracle_cache: dict[tuple, tuple[np.ndarray, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name) if args.keep is None else args.keep / dataset
+        tmp.mkdir(parents=True, exist_ok=True)
         for setting in args.settings:
             kind, rate = setting.split(":")
             sim_dir = tmp / setting.replace(":", "_")
@@ -185,7 +188,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
             rows = {}
             for method in args.methods:
                 config = RunConfig(dataset=str(sim_dir / "noisy.csv"), trusted=str(sim_dir / "trusted.csv"),
-                                   out=str(tmp / f"{setting}-{method}"), method=method, augment=augment,
+                                   out=str(tmp / f"{setting}-{method}"), method=method, augment=augment, overwrite=True,
                                    epochs=args.epochs, seed=args.seed)
                 start = time.perf_counter()
                 result = audit(config)

@@ -71,8 +71,9 @@ def audit(
     features: Annotated[Optional[Path], typer.Option(help="Your embeddings (Parquet/CSV with an id column and a vector, or .npy in manifest order): train the methods on them, not on pixels.")] = None,
     pred_probs: Annotated[Optional[Path], typer.Option(help="Your out-of-sample predicted probabilities (Parquet/CSV with ids and one column per class, or .npy in manifest order): score them, no training.")] = None,
     method: Annotated[C.Method, typer.Option(help="Method: see 'labelclean methods' (default auto: all four combined).")] = "auto",
-    backbone: Annotated[C.Backbone, typer.Option(help="Backbone network (test_tiny: for tests only).")] = "small_cnn",
-    weights: Annotated[Optional[str], typer.Option(help="'imagenet' (torchvision) or a local checkpoint path.")] = None,
+    backbone: Annotated[str, typer.Option(help="small_cnn, resnet18, resnet50, or a pretrained encoder FAMILY:NAME: tv:resnet50 (torchvision), timm:NAME, clip:NAME (open_clip).")] = "small_cnn",
+    weights: Annotated[Optional[str], typer.Option(help="Hub weights (imagenet for torchvision, hub for timm, a tag such as openai for open_clip) or a local checkpoint path.")] = None,
+    finetune: Annotated[Optional[str], typer.Option(help="none: embed once with a pretrained encoder and train on the vectors (default for FAMILY:NAME); head: train the head on images, encoder frozen; full: train everything (default otherwise).")] = None,
     image_size: Annotated[Optional[int], typer.Option(help="Resize images to this square size (default: fit to data).")] = None,
     max_image_pixels: Annotated[Optional[int], typer.Option(help="Skip images with more pixels (decompression-bomb guard; default: Pillow's limit, about 179 million; 0: no limit).")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Training epochs (default: fit to data size).")] = None,
@@ -115,6 +116,7 @@ def audit(
         meta_scope=meta_scope, method_options=_parse_options(option or []),
         strict=strict, resume=resume, overwrite=overwrite, device=device, report=report,
         features=str(features) if features else None, pred_probs=str(pred_probs) if pred_probs else None,
+        finetune=finetune,
     )
     result = run_audit(config, Reporter() if quiet else RichReporter(err))
     if fmt == "json":

@@ -61,6 +61,10 @@ class RunConfig:
     features: str | None = None
     #: A user's out-of-sample predicted probabilities: score them, no training.
     pred_probs: str | None = None
+    #: none: embed once with a pretrained FAMILY:NAME backbone and train on the vectors; head:
+    #: train the head on augmented images, encoder frozen; full: train everything. None: none
+    #: for FAMILY:NAME backbones, full for the others.
+    finetune: str | None = None
     report: bool = True
 
     def validate(self) -> RunConfig:
@@ -96,6 +100,12 @@ class RunConfig:
                 self.meta_scope in ("head", "full"),
                 f"--meta-scope: expected head or full, found {self.meta_scope!r}",
             ),
+            (self.finetune in (None, "none", "head", "full"),
+             f"--finetune: expected none, head or full, found {self.finetune!r}"),
+            (not (self.finetune in ("none", "head") and ":" not in self.backbone
+                  and self.weights is None),
+             f"--finetune {self.finetune}: needs pretrained weights (--backbone FAMILY:NAME or "
+             "--weights); a network trained from scratch is trained in full"),
             (not (self.features and self.pred_probs),
              "--features and --pred-probs: expected one of them, found both"),
             (

@@ -74,7 +74,7 @@ def default_run_dir(dataset: Path) -> Path:
 
 def fit_image_size(paths: list[str], backbone: str) -> int:
     """Median shorter side of up to 200 images, clamped to [16, 64] (224 for ResNets)."""
-    if backbone.startswith("resnet"):
+    if backbone.startswith("resnet") or ":" in backbone:
         return 224
     sides = []
     for p in paths[:: max(1, len(paths) // 200)][:200]:
@@ -100,7 +100,7 @@ def fit_batch_size(num_samples: int, vectors: bool = False) -> int:
 
 def resolve_config(config: RunConfig, samples: Samples) -> RunConfig:
     """Fill the "fit to data" settings and make paths absolute."""
-    pixels = not (config.features or config.pred_probs)
+    pixels = not (config.features or config.pred_probs or embeds(config))
     paths = samples.table[S.ABS_PATH].tolist()
     absolute = {k: str(Path(v).resolve()) for k in ("features", "pred_probs")
                 if (v := getattr(config, k))}
@@ -110,6 +110,7 @@ def resolve_config(config: RunConfig, samples: Samples) -> RunConfig:
         image_size=config.image_size or (fit_image_size(paths, config.backbone) if pixels else None),
         epochs=config.epochs or fit_epochs(len(samples)),
         batch_size=config.batch_size or fit_batch_size(len(samples), vectors=not pixels),
+        finetune=config.finetune or ("none" if embeds(config) else "full"),
         **absolute,
     )
 
@@ -201,11 +202,21 @@ def versions() -> dict[str, str]:
     }
 
 
+def embeds(config: RunConfig) -> bool:
+    """Whether the audit embeds images once with a pretrained encoder (``--finetune none``)."""
+    from labelclean.models.pretrained import is_pretrained_name
+
+    return (not (config.features or config.pred_probs) and is_pretrained_name(config.backbone)
+            and config.finetune in (None, "none"))
+
+
 def build_method(config: RunConfig) -> Method:
     """The method named in ``config`` with its typed options (bad options: exit 2, before work)."""
     from labelclean.models import BACKBONES
+    from labelclean.models.pretrained import is_pretrained_name
 
-    BACKBONES.get(config.backbone)
+    if not is_pretrained_name(config.backbone):
+        BACKBONES.get(config.backbone)
     return METHODS.get(config.method).build(config.method_options)
 
 
@@ -267,7 +278,10 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
                                                     samples.input.id_column))
             advance(1)
     else:
-        inputs, failures = _decode(config, samples, reporter)
+        if embeds(config):
+            inputs, failures = _embed(config, samples, run_dir, reporter)
+        else:
+            inputs, failures = _decode(config, samples, reporter)
         keep = _handle_failures(samples, failures, config.strict, run_dir, reporter)
         samples = samples.subset(keep)
         inputs = inputs[torch.from_numpy(keep)]
@@ -335,7 +349,8 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
         "classes": samples.classes,
         **scored.summary(given, samples.targets, verified, samples.classes),
         "transition_source": transition_source,
-        "input": "pred-probs" if config.pred_probs else "features" if config.features else "images",
+        "input": ("pred-probs" if config.pred_probs else "features" if config.features
+                  else "embeddings" if embeds(config) else "images"),
         "epochs": config.epochs if result else 0,
         "image_size": config.image_size,
         "batch_size": config.batch_size,
@@ -350,6 +365,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
         "notes": notes,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "outputs": sorted(["config.json", "summary.json", *outputs]
+                          + (["embeddings.parquet", "encoder.json"] if embeds(config) else [])
                           + (["skipped.csv"] if failures else [])
                           + (["report.html"] if config.report else [])),
         "versions": versions(),
@@ -371,6 +387,31 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
 
         build_report(run_dir)
     return AuditResult(run_dir, scores, summary, config, transition, reporter.notices)
+
+
+def _embed(config: RunConfig, samples: Samples, run_dir: Path, reporter: Reporter
+           ) -> tuple[torch.Tensor, dict[int, str]]:
+    """Embeddings of every image by the pretrained encoder (cached), also written to the run
+    folder as ``embeddings.parquet`` (``--features`` reads it back: same vectors, same scores)."""
+    from labelclean.data.embed import embed_images
+    from labelclean.models.pretrained import load_encoder
+    from labelclean.train.loop import resolve_device
+
+    encoder = load_encoder(config.backbone, config.weights)
+    with reporter.task(f"embedding images ({encoder.name})", len(samples)) as advance:
+        vectors, failures, cached = embed_images(encoder, samples.table[S.ABS_PATH].tolist(),
+                                                 resolve_device(config.device), advance)
+    if cached:
+        reporter.notice(f"embeddings of {encoder.name} reused from the cache")
+    ok = np.ones(len(samples), dtype=bool)
+    ok[list(failures)] = False
+    frame = pd.DataFrame({S.SAMPLE_ID: samples.table.loc[ok, S.SAMPLE_ID].to_numpy(),
+                          "embedding": list(vectors[ok])})
+    write_table(run_dir / "embeddings.parquet", frame)
+    write_json(run_dir / "encoder.json", {"backbone": encoder.name, "weights": encoder.weights,
+                                          "dim": encoder.dim, "preprocessing": encoder.preprocessing,
+                                          "cached": cached})
+    return torch.from_numpy(vectors), failures
 
 
 def _decode(config: RunConfig, samples: Samples, reporter: Reporter) -> tuple[torch.Tensor, dict[int, str]]:

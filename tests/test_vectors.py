@@ -147,3 +147,16 @@ def test_a_manifest_without_paths_needs_ids_for_images_but_not_for_features(vec,
         audit(RunConfig(dataset=str(tmp_path / "noid.csv"), features=str(vec["emb"]), out=str(tmp_path / "r")))
     with pytest.raises(DataError, match="expected column\\(s\\) 'path'"):
         audit(RunConfig(dataset=str(vec["manifest"]), out=str(tmp_path / "r")))
+
+
+def test_ivf_neighbours_above_the_exact_size_agree_with_exact_search():
+    from labelclean.knn import FaissKnn
+
+    rng = np.random.default_rng(0)
+    x = (rng.normal(0, 4, (20, 8))[rng.integers(0, 20, 3000)] + rng.normal(0, 1, (3000, 8))).astype(np.float32)
+    exact = FaissKnn().fit(x).kneighbors(10)
+    ivf = FaissKnn(exact_max=1000).fit(x)
+    assert type(ivf.index).__name__ == "IndexIVFFlat"
+    approx = ivf.kneighbors(10)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall > 0.9 and (approx != np.arange(3000)[:, None]).all()

@@ -163,7 +163,11 @@ class MLNT(MetaMethod):
             mentor = self._better(student, self.teacher)
         self.mentor.load_state_dict(mentor.state_dict())
         features = self._predict(self.mentor, lambda net, x: net.features(x))  # one pass for both
-        self.neighbours = torch.from_numpy(FaissKnn().fit(features.numpy()).kneighbors(int(self.options.k)))
+        # Fixed features (``--features``: the identity) give the same neighbours every iteration.
+        fixed = not any(True for _ in self.mentor.features.parameters())
+        if not (fixed and self.neighbours.shape[1] > 0):
+            self.neighbours = torch.from_numpy(
+                FaissKnn(seed=ctx.config.seed).fit(features.numpy()).kneighbors(int(self.options.k)))
         with torch.no_grad():
             head = self.mentor.head
             self.mentor_probs = torch.cat([head(features[i:i + _HEAD_CHUNK].to(head.weight.device)).softmax(1).float().cpu()

@@ -171,4 +171,13 @@ def linear_probe(dim: int, num_classes: int) -> Backbone:
 
 
 def build_backbone(name: str, num_classes: int, weights: str | None = None) -> Backbone:
+    """A registered backbone, or a pretrained ``FAMILY:NAME`` encoder with a new linear head
+    (``--finetune head|full``), normalised with the encoder's own mean and std."""
+    from labelclean.models.pretrained import is_pretrained_name, load_encoder
+
+    if is_pretrained_name(name):
+        enc = load_encoder(name, weights)
+        mean, std = enc.preprocessing.get("mean"), enc.preprocessing.get("std")
+        return Backbone(enc.model, enc.dim, num_classes, tuple(mean) if mean else IMAGENET_MEAN,
+                        tuple(std) if std else IMAGENET_STD)
     return BACKBONES.get(name)(num_classes, weights)

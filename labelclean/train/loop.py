@@ -75,9 +75,9 @@ def _normalisation(model: Backbone, inputs: torch.Tensor) -> tuple[torch.Tensor,
     """Per-channel (pixels) or per-dimension (vectors) mean and std, shaped to broadcast."""
     if is_vectors(inputs):
         chunk = inputs[:: max(1, len(inputs) // 100_000)].double()  # at most ~100k rows
-        return (chunk.mean(0).float().view(1, -1),
-                chunk.std(0).float().clamp_min(1e-6).view(1, -1) if len(chunk) > 1
-                else torch.ones(1, inputs.shape[1]))
+        std = chunk.std(0) if len(chunk) > 1 else torch.ones(inputs.shape[1], dtype=torch.float64)
+        std = torch.where(std > 0, std, torch.ones_like(std))  # constant dimensions stay as they are
+        return chunk.mean(0).float().view(1, -1), std.float().view(1, -1)
     if model.mean is not None and model.std is not None:
         return torch.tensor(model.mean).view(1, 3, 1, 1), torch.tensor(model.std).view(1, 3, 1, 1)
     x = inputs.float() / 255.0
@@ -112,6 +112,9 @@ def train(
         model = linear_probe(inputs.shape[1], num_classes).to(device)
     else:
         model = build_backbone(config.backbone, num_classes, config.weights).to(device)
+    if config.finetune == "head" and not vectors:  # the pretrained encoder stays as it is
+        for p in model.features.parameters():
+            p.requires_grad_(False)
     memory_format = torch.channels_last if model.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     mean, std = _normalisation(model, inputs)
