@@ -22,7 +22,7 @@ from PIL import Image
 
 from labelclean.config import RunConfig
 from labelclean.data.dataset import Samples, load_samples, raise_problems
-from labelclean.data.images import DEFAULT_MAX_PIXELS, LARGE_PIXELS, check_cache_memory, decode_images
+from labelclean.data.images import DEFAULT_MAX_PIXELS, LARGE_PIXELS, decode_cached
 from labelclean.errors import ConfigError, DataError
 from labelclean.exam import (
     MIN_EXAM,
@@ -33,7 +33,7 @@ from labelclean.exam import (
 )
 from labelclean.io import write_json, write_table
 from labelclean.methods import METHODS, Method
-from labelclean.progress import Reporter
+from labelclean.progress import Reporter, Stopwatch
 from labelclean.run import schema as S
 from labelclean.run.writer import (
     clear_run,
@@ -236,18 +236,20 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
 
-    samples = load_samples(
-        Path(config.dataset), Path(config.trusted) if config.trusted else None,
-        config.path_column, config.label_column, config.id_column,
-        require_path=not (config.features or config.pred_probs),
-    )
+    clock = Stopwatch()
+    with clock.stage("read manifest"):
+        samples = load_samples(
+            Path(config.dataset), Path(config.trusted) if config.trusted else None,
+            config.path_column, config.label_column, config.id_column,
+            require_path=not (config.features or config.pred_probs),
+        )
     for note in samples.notes:
         reporter.notice(note)
     run_dir = _prepare_run_dir(config, samples)
     config = resolve_config(config, samples)
     finished = False
     try:
-        result = _run(config, samples, method, run_dir, reporter, started)
+        result = _run(config, samples, method, run_dir, reporter, started, clock)
         finished = True
         return result
     finally:
@@ -256,36 +258,15 @@ def audit(config: RunConfig, reporter: Reporter | None = None) -> AuditResult:
 
 
 def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, reporter: Reporter,
-         started: float) -> AuditResult:
+         started: float, clock: Stopwatch) -> AuditResult:
     write_json(run_dir / "config.json", config.to_dict())
 
     t0 = time.perf_counter()
     all_samples = samples
-    failures: dict[int, str] = {}
-    probs: np.ndarray | None = None
-    if config.pred_probs:
-        from labelclean.data.vectors import read_pred_probs
-
-        with reporter.task("reading predicted probabilities", 1) as advance:
-            probs = read_pred_probs(Path(config.pred_probs), samples, samples.input.id_column)
-            advance(1)
-        inputs = torch.empty(0)
-    elif config.features:
-        from labelclean.data.vectors import read_features
-
-        with reporter.task("reading features", 1) as advance:
-            inputs = torch.from_numpy(read_features(Path(config.features), samples,
-                                                    samples.input.id_column))
-            advance(1)
-    else:
-        if embeds(config):
-            inputs, failures = _embed(config, samples, run_dir, reporter)
-        else:
-            inputs, failures = _decode(config, samples, reporter)
-        keep = _handle_failures(samples, failures, config.strict, run_dir, reporter)
-        samples = samples.subset(keep)
-        inputs = inputs[torch.from_numpy(keep)]
-    _check_classes(samples)
+    stage = ("read predicted probabilities" if config.pred_probs else "read features"
+             if config.features else "embed" if embeds(config) else "decode")
+    with clock.stage(stage):
+        inputs, probs, failures, samples = _inputs(config, samples, run_dir, reporter)
     decode_seconds = time.perf_counter() - t0
 
     notes: list[str] = list(samples.notes)
@@ -316,22 +297,25 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
         evidence = probs_evidence(probs, targets)
         final_probs: np.ndarray | None = probs
     else:
-        result = train(
-            config, inputs, torch.from_numpy(targets), torch.from_numpy(reference),
-            samples.sample_ids, len(samples.classes), method, run_dir, reporter,
-        )
+        with clock.stage("train"):
+            result = train(
+                config, inputs, torch.from_numpy(targets), torch.from_numpy(reference),
+                samples.sample_ids, len(samples.classes), method, run_dir, reporter,
+            )
         evidence, final_probs = result.evidence, result.final_probs
     notes.extend(evidence.summary.get("notes", []))
 
-    scored = score(evidence, given, verified, samples.targets, config.threshold, exam, config.seed)
-    extra = dict(evidence.columns)
-    if result is not None and final_probs is not None:  # the final model on un-augmented images
-        extra["final_suspicion"] = 1.0 - final_probs[np.arange(len(targets)), targets]
-    scores = scores_frame(samples, scored, {**extra, S.EXAM: exam})
-    transition, transition_source = _transition(evidence, samples, scored)
-    outputs = [*write_scores(run_dir, scores), write_transition(run_dir, transition)]
-    corrected_name, corrected_columns = write_corrected(samples, scores, run_dir)
-    outputs += [corrected_name, *write_arrays(run_dir, samples, evidence.arrays)]
+    with clock.stage("score"):
+        scored = score(evidence, given, verified, samples.targets, config.threshold, exam, config.seed)
+        extra = dict(evidence.columns)
+        if result is not None and final_probs is not None:  # the final model on un-augmented images
+            extra["final_suspicion"] = 1.0 - final_probs[np.arange(len(targets)), targets]
+        scores = scores_frame(samples, scored, {**extra, S.EXAM: exam})
+        transition, transition_source = _transition(evidence, samples, scored)
+    with clock.stage("write"):
+        outputs = [*write_scores(run_dir, scores), write_transition(run_dir, transition)]
+        corrected_name, corrected_columns = write_corrected(samples, scores, run_dir)
+        outputs += [corrected_name, *write_arrays(run_dir, samples, evidence.arrays)]
 
     summary = {
         "labelclean_version": __version__,
@@ -360,6 +344,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
             "train_seconds": round(result.seconds, 3) if result else 0.0,
             "total_seconds": round(time.perf_counter() - started, 3),
             "train_images_per_second": round(result.images_per_second, 1) if result else 0.0,
+            "stages": clock.stages,
         },
         "method_summary": {k: v for k, v in evidence.summary.items() if k != "notes"},
         "notes": notes,
@@ -385,8 +370,45 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     if config.report:
         from labelclean.review.html import build_report
 
-        build_report(run_dir)
+        with clock.stage("report"):
+            build_report(run_dir)
+        summary["timings"]["total_seconds"] = round(time.perf_counter() - started, 3)
+        write_json(run_dir / "summary.json", summary)  # with the report's stage
     return AuditResult(run_dir, scores, summary, config, transition, reporter.notices)
+
+
+def _inputs(config: RunConfig, samples: Samples, run_dir: Path, reporter: Reporter
+            ) -> tuple[torch.Tensor, np.ndarray | None, dict[int, str], Samples]:
+    """What the model reads: pixels, embeddings or the user's features (or the user's predicted
+    probabilities, which need no model); unreadable images dropped from ``samples``."""
+    failures: dict[int, str] = {}
+    probs: np.ndarray | None = None
+    if config.pred_probs:
+        from labelclean.data.vectors import read_pred_probs
+
+        with reporter.task("reading predicted probabilities", 1) as advance:
+            probs = read_pred_probs(Path(config.pred_probs), samples, samples.input.id_column)
+            advance(1)
+        inputs = torch.empty(0)
+    elif config.features:
+        from labelclean.data.vectors import read_features
+
+        with reporter.task("reading features", 1) as advance:
+            inputs = torch.from_numpy(read_features(Path(config.features), samples,
+                                                    samples.input.id_column))
+            advance(1)
+    else:
+        if embeds(config):
+            inputs, failures = _embed(config, samples, run_dir, reporter)
+        else:
+            inputs, failures = _decode(config, samples, reporter)
+        keep = _handle_failures(samples, failures, config.strict, run_dir, reporter)
+        if not keep.all():  # a copy of the kept rows only when some were dropped
+            samples = samples.subset(keep)
+            inputs = inputs[torch.from_numpy(keep)]
+    _check_classes(samples)
+    return inputs, probs, failures, samples
+
 
 
 def _embed(config: RunConfig, samples: Samples, run_dir: Path, reporter: Reporter
@@ -417,11 +439,12 @@ def _embed(config: RunConfig, samples: Samples, run_dir: Path, reporter: Reporte
 def _decode(config: RunConfig, samples: Samples, reporter: Reporter) -> tuple[torch.Tensor, dict[int, str]]:
     """The pixel cache ``(N, 3, S, S)`` uint8 and the unreadable images (row -> reason)."""
     assert config.image_size is not None
-    check_cache_memory(len(samples), config.image_size)
     limit = DEFAULT_MAX_PIXELS if config.max_image_pixels is None else config.max_image_pixels
     with reporter.task("decoding images", len(samples)) as advance:
-        pixels, failures, large = decode_images(samples.table[S.ABS_PATH].tolist(),
-                                                config.image_size, advance, max_pixels=limit)
+        (pixels, failures, large), cached = decode_cached(samples.table[S.ABS_PATH].tolist(),
+                                                          config.image_size, advance, max_pixels=limit)
+    if cached:
+        reporter.notice("decoded pixels reused from the cache (LABELCLEAN_CACHE)")
     if large:
         reporter.notice(f"{large} image(s) above {LARGE_PIXELS:,} pixels were decoded (JPEGs at a "
                         "reduced scale); each needs its full size in memory while it decodes")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -83,3 +85,28 @@ class RichReporter(Reporter):
                 progress.advance(task, n)
 
             yield advance
+
+
+def peak_rss_mb() -> float | None:
+    """The process's peak resident memory so far, in MiB (``None`` where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+class Stopwatch:
+    """Wall time and peak resident memory at the end of each stage of a run (``summary.json``'s
+    ``timings.stages``; ``benchmarks/scale.py`` reads them)."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict[str, Any]] = []
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        yield
+        self.stages.append({"stage": name, "seconds": round(time.perf_counter() - started, 3),
+                            "peak_rss_mb": peak_rss_mb()})

@@ -18,6 +18,12 @@ COLOURS = {"cat": (200, 40, 40), "dog": (40, 200, 40), "fox": (40, 40, 200)}
 
 
 @pytest.fixture(autouse=True)
+def _isolate_cache(tmp_path_factory, monkeypatch):
+    """Each test gets its own LABELCLEAN_CACHE (decoded pixels, embeddings)."""
+    monkeypatch.setenv("LABELCLEAN_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(autouse=True)
 def _isolate_rng():
     """Tests must not leak global RNG state into each other."""
     state = torch.get_rng_state()

@@ -1,8 +1,10 @@
 import io
+import os
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from labelclean.data import decode_images, load_image, load_samples
@@ -146,3 +148,30 @@ def test_decode_reports_missing_and_corrupt_files(tmp_path):
     pixels, failures, _ = decode_images([str(good), str(tmp_path / "none.png"), str(tmp_path / "bad.png")], 6)
     assert pixels.shape == (3, 3, 6, 6)
     assert failures == {1: "file not found", 2: "not a readable image"}
+
+
+def test_pixel_cache_is_a_file_reused_until_an_image_changes(tmp_path):
+    from labelclean.data.images import cache_root, decode_cached
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (9, 9, 3), dtype=np.uint8)).save(p)
+        paths.append(str(p))
+    paths.append(str(tmp_path / "missing.png"))
+    first, reused = decode_cached(paths, 8)
+    assert not reused and first.failures == {5: "file not found"}
+    expected = decode_images(paths, 8).pixels
+    assert torch.equal(first.pixels, expected)
+    files = list((cache_root() / "pixels").glob("*.npy"))
+    assert len(files) == 1 and not list((cache_root() / "pixels").glob(".*"))  # no temporary left
+    second, reused = decode_cached(paths, 8)
+    assert reused and torch.equal(second.pixels, expected) and second.failures == first.failures
+    second.pixels[0] = 0  # copy-on-write: the cache file keeps its pixels
+    assert torch.equal(decode_cached(paths, 8)[0].pixels, expected)
+    Image.fromarray(np.zeros((9, 9, 3), dtype=np.uint8)).save(paths[2])
+    os.utime(paths[2], ns=(1, 1))  # a changed image (and mtime) is decoded again
+    third, reused = decode_cached(paths, 8)
+    assert not reused and int(third.pixels[2].sum()) == 0
+    assert decode_cached(paths, 16)[1] is False  # another size, another cache

@@ -285,14 +285,27 @@ def test_images_above_the_pixel_limit_are_skipped_naming_the_flag(tmp_path, monk
     assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's own guard is back afterwards
 
 
-def test_a_pixel_cache_larger_than_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+def test_a_pixel_cache_larger_than_its_disk_or_memory_is_refused_before_decoding(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
     from labelclean.data import images
 
     root = _two_class_folder(tmp_path / "ds")
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 10_000, 10_000))
+    config = RunConfig(dataset=str(root), out=str(tmp_path / "run"), method="ce",
+                       backbone="test_tiny", epochs=1, image_size=64, report=False)
+    with pytest.raises(DataError, match=r"--image-size 64: 12 images need .* GiB are free; set "
+                                        r"LABELCLEAN_CACHE"):
+        audit(config)
+    assert not (tmp_path / "run" / "config.json").exists()
+    # Where the cache folder cannot be written, the pixels go to memory, whose limit applies.
+    (tmp_path / "not-a-folder").write_text("")
+    monkeypatch.setenv("LABELCLEAN_CACHE", str(tmp_path / "not-a-folder"))
     monkeypatch.setattr(images, "available_memory", lambda: 10_000)
     with pytest.raises(DataError, match=r"--image-size 64: 12 images need .* choose a smaller"):
-        audit(RunConfig(dataset=str(root), out=str(tmp_path / "run"), method="ce",
-                        backbone="test_tiny", epochs=1, image_size=64, report=False))
+        audit(config)
     assert not (tmp_path / "run" / "config.json").exists()
 
 

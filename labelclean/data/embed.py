@@ -13,7 +13,6 @@ seed reuses it; a changed image or other weights make a new key.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from labelclean.data.images import cache_root, files_digest
 from labelclean.io import atomic_write, write_text
 from labelclean.models.pretrained import Encoder
 
@@ -32,20 +32,12 @@ WORKERS_FROM = 2_000
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("LABELCLEAN_CACHE", "~/.cache/labelclean")).expanduser() / "embeddings"
+    return cache_root() / "embeddings"
 
 
 def cache_key(encoder: Encoder, paths: list[str]) -> str:
-    digest = hashlib.sha256()
-    head = {"encoder": encoder.name, "weights": encoder.weights, "preprocessing": encoder.preprocessing}
-    digest.update(json.dumps(head, sort_keys=True, default=str).encode())
-    for p in paths:
-        try:
-            st = os.stat(p)
-            digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
-        except OSError:
-            digest.update(f"{p}\0missing\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()[:24]
+    return files_digest(paths, {"encoder": encoder.name, "weights": encoder.weights,
+                                "preprocessing": encoder.preprocessing})
 
 
 class _Images(torch.utils.data.Dataset):

@@ -14,10 +14,14 @@ scale through ``draft``); the caller says how many in one note.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -25,6 +29,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from labelclean.errors import DataError
+from labelclean.io import write_text
 
 #: Pillow's warning threshold: images above it count as "large" (one note per run).
 LARGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -146,22 +151,30 @@ def decode_images(
     advance: Callable[[int], None] | None = None,
     workers: int = 4,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    out: np.ndarray | None = None,
 ) -> Decoded:
     """Decode ``paths`` into an ``(N, 3, size, size)`` uint8 tensor.
 
     Returns the tensor, ``{index: reason}`` for images that could not be read (their rows are
-    zero) and the number of large images. ``advance(n)`` is called as images finish.
+    zero) and the number of large images. ``advance(n)`` is called as images finish. ``out``
+    (an ``(N, 3, size, size)`` uint8 array, such as a memory-mapped file) receives the pixels
+    in place of a new array.
     """
-    pixels = np.zeros((len(paths), size, size, 3), dtype=np.uint8)
+    pixels = np.zeros((len(paths), 3, size, size), dtype=np.uint8) if out is None else out
+    if pixels.shape != (len(paths), 3, size, size) or pixels.dtype != np.uint8:
+        raise ValueError(f"decode_images: out has shape {pixels.shape} {pixels.dtype}, expected "
+                         f"({len(paths)}, 3, {size}, {size}) uint8")
     failures: dict[int, str] = {}
     large: list[int] = []
 
     def work(i: int) -> None:
         try:
-            pixels[i], stored = _load(paths[i], size, max_pixels)
+            image, stored = _load(paths[i], size, max_pixels)
+            pixels[i] = image.transpose(2, 0, 1)
             if stored > LARGE_PIXELS:
                 large.append(i)
         except (OSError, ValueError, SyntaxError) as exc:  # our own limit: ImageTooLarge
+            pixels[i] = 0
             failures[i] = _describe(exc)
 
     chunk = 256
@@ -171,8 +184,80 @@ def decode_images(
             list(pool.map(work, idx))
             if advance is not None:
                 advance(len(idx))
-    tensor = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-    return Decoded(tensor, dict(sorted(failures.items())), len(large))
+    return Decoded(torch.from_numpy(pixels), dict(sorted(failures.items())), len(large))
+
+
+#: Version of the pixel cache's layout and decoding; a change makes new cache keys.
+PIXEL_CACHE_VERSION = 1
+
+
+def cache_root() -> Path:
+    """``$LABELCLEAN_CACHE``, by default ``~/.cache/labelclean`` (pixels and embeddings)."""
+    return Path(os.environ.get("LABELCLEAN_CACHE", "~/.cache/labelclean")).expanduser()
+
+
+def files_digest(paths: Sequence[str], head: dict[str, object]) -> str:
+    """A key for a list of files as they are now: ``head``, then each path, size and mtime."""
+    digest = hashlib.sha256(json.dumps(head, sort_keys=True, default=str).encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "surrogateescape"))
+        except OSError:
+            digest.update(f"{p}\0missing\n".encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()[:24]
+
+
+def decode_cached(
+    paths: Sequence[str],
+    size: int,
+    advance: Callable[[int], None] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    use_cache: bool = True,
+) -> tuple[Decoded, bool]:
+    """:func:`decode_images` into a memory-mapped file under ``cache_root()/pixels``, reused
+    while the images, the size and the pixel limit are unchanged; and whether it was reused.
+
+    The pixels live in the page cache, not in the process's own memory: a million 32x32
+    images are a 3 GB file that the OS keeps in memory as far as it can, and a second audit
+    (another method, seed or a ``--resume``) decodes nothing. The file is written under a
+    temporary name and renamed when complete, so an interrupted decode leaves no half cache;
+    it is opened copy-on-write, so nothing the audit does can change it. Where the cache
+    folder cannot be written the pixels are decoded into memory instead.
+    """
+    if use_cache:
+        key = files_digest(paths, {"size": size, "max_pixels": max_pixels,
+                                   "version": PIXEL_CACHE_VERSION})
+        folder = cache_root() / "pixels"
+        npy, meta = folder / f"{key}.npy", folder / f"{key}.json"
+        if npy.is_file() and meta.is_file():
+            info = json.loads(meta.read_text())
+            pixels = np.load(npy, mmap_mode="c")
+            if advance is not None:
+                advance(len(paths))
+            failures = {int(k): v for k, v in info["failures"].items()}
+            return Decoded(torch.from_numpy(pixels), failures, int(info["large"])), True
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            check_cache_disk(len(paths), size, folder)
+            tmp = folder / f".{key}.{os.getpid()}.npy"
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                            shape=(len(paths), 3, size, size))
+        except OSError:
+            out = None
+        if out is not None:
+            try:
+                decoded = decode_images(paths, size, advance, max_pixels=max_pixels, out=out)
+                out.flush()
+                del out
+                os.replace(tmp, npy)
+            finally:
+                tmp.unlink(missing_ok=True)
+            write_text(meta, json.dumps({"failures": {str(k): v for k, v in decoded.failures.items()},
+                                         "large": decoded.large}))
+            return decoded._replace(pixels=torch.from_numpy(np.load(npy, mmap_mode="c"))), False
+    check_cache_memory(len(paths), size)
+    return decode_images(paths, size, advance, max_pixels=max_pixels), False
 
 
 #: The pixel cache may take at most this share of the memory available when the run starts.
@@ -192,6 +277,17 @@ def available_memory() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_cache_disk(n: int, size: int, folder: Path) -> None:
+    """Refuse, before decoding, a pixel cache file that would not fit on its disk."""
+    need = n * 3 * size * size
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise DataError(
+            f"--image-size {size}: {n:,} images need {need / 2**30:.1f} GiB of pixel cache in "
+            f"{folder}, where {free / 2**30:.1f} GiB are free; set LABELCLEAN_CACHE to a folder "
+            "with room, or choose a smaller --image-size")
 
 
 def check_cache_memory(n: int, size: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +139,7 @@ class MLNT(MetaMethod):
         self.neighbours = torch.zeros(n, 0, dtype=torch.long)
         self.mentor_probs = torch.full((n, ctx.num_classes), 1.0 / ctx.num_classes)
         self.iteration = -1
+        self.knn_seconds = 0.0
         meta_epochs = max(1, ctx.epochs - self.warmup_epochs)
         iterations = max(1, min(int(self.options.iterations), meta_epochs))
         self.iteration_length = math.ceil(meta_epochs / iterations)
@@ -166,8 +168,10 @@ class MLNT(MetaMethod):
         # Fixed features (``--features``: the identity) give the same neighbours every iteration.
         fixed = not any(True for _ in self.mentor.features.parameters())
         if not (fixed and self.neighbours.shape[1] > 0):
+            started = time.perf_counter()
             self.neighbours = torch.from_numpy(
                 FaissKnn(seed=ctx.config.seed).fit(features.numpy()).kneighbors(int(self.options.k)))
+            self.knn_seconds += time.perf_counter() - started
         with torch.no_grad():
             head = self.mentor.head
             self.mentor_probs = torch.cat([head(features[i:i + _HEAD_CHUNK].to(head.weight.device)).softmax(1).float().cpu()
@@ -281,7 +285,8 @@ class MLNT(MetaMethod):
             "mlnt_teacher_p_given": teacher.gather(1, labels.view(-1, 1)).squeeze(1).numpy(),
             "mlnt_mentor_p_given": self.mentor_probs.double().gather(1, labels.view(-1, 1)).squeeze(1).numpy(),
         }
-        summary = {**self.base_summary(), "iterations_run": self.iteration + 1}
+        summary = {**self.base_summary(), "iterations_run": self.iteration + 1,
+                   "knn_seconds": round(self.knn_seconds, 3)}
         return Evidence(suspicion, belief.numpy(), columns, summary=summary)
 
     def state_dict(self) -> dict[str, Any]:
