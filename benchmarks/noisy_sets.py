@@ -32,7 +32,7 @@ from PIL import Image
 
 from labelclean import RunConfig, audit
 from labelclean.evaluate import evaluate_run
-from labelclean.metrics import detection_metrics
+from labelclean.metrics import detection_metrics, precision_recall_f1
 from labelclean.simulate import simulate
 
 CIFAR_MAP = "truck:automobile,bird:airplane,deer:horse,cat:dog,dog:cat"
@@ -119,7 +119,19 @@ def column_metrics(run_dir: Path, truth: Path) -> dict[str, dict[str, float]]:
         values = pd.to_numeric(scores[name], errors="coerce").to_numpy()
         values = -values if name == "aum" else values  # a low margin is suspicious
         out[name] = {"auroc": auroc(values, wrong), "ap": average_precision(values, wrong)}
+    members = [c for c in scores.columns if c.endswith("_p_wrong")]
+    if len(members) > 1:  # auto's ranking before the late-phase lever: the members' mean posterior
+        values = scores[members].to_numpy(dtype=np.float64).mean(1)
+        out["members_mean_p_wrong"] = {"auroc": auroc(values, wrong), "ap": average_precision(values, wrong)}
     return out
+
+
+def f1_at(run_dir: Path, truth: Path, k: int) -> float:
+    """F1 of a run's top ``k`` by its ranking (to compare rankings at another tool's count)."""
+    scores, wrong = _truth_frame(run_dir, truth)
+    top = np.zeros(len(wrong), dtype=bool)
+    top[np.argsort(-scores["suspicion"].to_numpy(dtype=np.float64), kind="stable")[:k]] = True
+    return precision_recall_f1(top, wrong)["f1"]
 
 
 def loss_row(run_dir: Path, truth: Path, ce: dict) -> dict:
@@ -158,12 +170,12 @@ def main() -> None:
         write_section(name, "\n\n".join(render(r) for r in saved["datasets"].values()), saved)
         return
     blocks, raws = [], {}
-    for dataset in args.datasets:
+    name = args.section or "noisy_" + "_".join(args.datasets)
+    for dataset in args.datasets:  # written after each dataset: a stopped run keeps what it did
         block, raw = run_dataset(dataset, args)
         blocks.append(block)
         raws[dataset] = raw
-    name = args.section or "noisy_" + "_".join(args.datasets)
-    write_section(name, "\n\n".join(blocks), {"command": command(), "machine": machine(), "datasets": raws})
+        write_section(name, "\n\n".join(blocks), {"command": command(), "machine": machine(), "datasets": raws})
 
 
 def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
@@ -185,7 +197,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
             report = simulate(manifest, sim_dir, kind, float(rate), seed=args.seed, trusted_per_class=10,
                               class_map=kind_map if kind == "asymmetric" else None)
             print(f"{setting}: {report['flipped']} of {report['samples']} labels wrong", flush=True)
-            rows = {}
+            rows, run_dirs = {}, {}
             for method in args.methods:
                 config = RunConfig(dataset=str(sim_dir / "noisy.csv"), trusted=str(sim_dir / "trusted.csv"),
                                    out=str(tmp / f"{setting}-{method}"), method=method, augment=augment, overwrite=True,
@@ -193,6 +205,7 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
                 start = time.perf_counter()
                 result = audit(config)
                 wall = time.perf_counter() - start
+                run_dirs[method] = result.run_dir
                 ev = evaluate_run(result.run_dir, sim_dir / "truth.csv")
                 rows[method] = {**{k: ev[k] for k in ("auroc", "ap", "precision", "recall", "f1", "flagged",
                                                       "errors", "label_accuracy_before",
@@ -227,6 +240,8 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
                                     "label_accuracy_after_relabel": float((after == true_idx).mean()),
                                     "wall_seconds": seconds, "train_seconds": seconds, "epochs": epochs}
                 print(f"  cleanlab: F1 {m['f1']:.3f} AUROC {m['auroc']:.3f} wall {seconds:.0f}s", flush=True)
+                for method, run_dir in run_dirs.items():  # rankings compared at cleanlab's count
+                    rows[method]["f1_at_cleanlab_count"] = f1_at(run_dir, sim_dir / "truth.csv", int(issues.sum()))
             if args.oracle:
                 # The oracle sees clean labels only, so settings that share the noisy part's ids
                 # (the trusted draw does not depend on the noise) share one K-fold run.
@@ -270,6 +285,17 @@ def render(raw: dict) -> str:
         lines.append("")
         if "auto" in rows:
             targets.append(target_row(setting, rows))
+    levers = [lever_row(setting, result["rows"]) for setting, result in raw["results"].items()
+              if "columns" in result["rows"].get("auto", {})]
+    if levers:
+        lines += ["### Levers: AUROC / AP of each ranking inside the `auto` run", "",
+                  "`auto` ranks by the late-phase belief (`late_suspicion`); before this round it ranked "
+                  "by the members' mean calibrated posterior. F1 at cleanlab's count: the top k of "
+                  "each ranking, k = the number cleanlab flags.", "",
+                  "| setting | auto (late phase) | members' mean posterior (before) | final model, "
+                  "un-augmented | mean over all epochs | IEG | training-loss row (ce) | cleanlab | "
+                  "F1 at cleanlab's count: auto / ce / cleanlab |",
+                  "|---|---|---|---|---|---|---|---|---|", *levers, ""]
     if targets:
         lines += ["### Targets (default `auto` against cleanlab and the oracle)", "",
                   "| setting | F1 auto / cleanlab | AUROC auto / cleanlab | wall auto / cleanlab | "
@@ -285,6 +311,20 @@ def render(raw: dict) -> str:
             "the oracle's AUROC minus the method's: the distance to this backbone's ceiling.",
             ""]
     return "\n".join(head + lines)
+
+
+def lever_row(setting: str, rows: dict) -> str:
+    cols = rows["auto"]["columns"]
+
+    def pair(m: dict | None) -> str:
+        return f"{fmt(m['auroc'])} / {fmt(m['ap'])}" if m else "n/a"
+
+    loss, cl = rows.get("training loss"), rows.get("cleanlab")
+    f1s = " / ".join(fmt(rows[n].get("f1_at_cleanlab_count", float("nan"))) if n in rows else "n/a"
+                     for n in ("auto", "ce")) + (f" / {fmt(cl['f1'])}" if cl else " / n/a")
+    return (f"| {setting} | {pair(cols.get('late_suspicion'))} | {pair(cols.get('members_mean_p_wrong'))} | "
+            f"{pair(cols.get('final_suspicion'))} | {pair(cols.get('ce_suspicion'))} | "
+            f"{pair(cols.get('ieg_suspicion'))} | {pair(loss)} | {pair(cl)} | {f1s} |")
 
 
 def target_row(setting: str, rows: dict) -> str:

@@ -22,7 +22,13 @@ The rule (docs/methods.md, "Scoring"):
   flagged samples go to **review**; the rest are **keep**; verified rows are **verified**.
 * ``suggested_label``: the most likely class other than the given one (the proposal if the
   label is wrong); on verified rows, the verified label. ``predicted_label``: ``argmax belief``.
-* Rank: by suspicion among unverified rows, 1 = most suspicious; ties keep row order.
+* Rank: by suspicion among unverified rows, 1 = most suspicious; ties keep row order. For a
+  combination with ``Evidence.rank_by`` (``auto``: the late-phase training belief), the
+  suspicion is ``rank_by`` and the members' combined posteriors are re-assigned by rank
+  (:func:`rank_posteriors`): the order comes from the score that ranks best, the count and the
+  level of ``P(wrong)`` from the calibrated members, and the relabel vote stays each sample's
+  own. (On CIFAR-10 human-like noise the late-phase belief ranks better than every member and
+  than their combined posterior: docs/benchmarks.md, ``levers``.)
 * The estimated noise rate is the mean ``P(wrong)``, overall and per given class.
 """
 
@@ -61,7 +67,9 @@ class Evidence:
     ``<method>_<what>``). ``transition`` is a ``(C, C)`` matrix, rows = true class, columns =
     given label, when the method learns one. ``arrays`` are ``(N, C)`` tables saved by class.
     ``members`` holds the suspicion of each member of a combined method; when present, the
-    decision calibrates and combines them (see the module docstring).
+    decision calibrates and combines them (see the module docstring). ``rank_by`` (with
+    ``members``) is the score that orders the samples in place of the combined posterior; the
+    members' posteriors then set the level (:func:`rank_posteriors`).
     """
 
     suspicion: np.ndarray
@@ -71,9 +79,12 @@ class Evidence:
     summary: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     members: dict[str, np.ndarray] | None = None
+    rank_by: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.suspicion)
+        if self.rank_by is not None and len(self.rank_by) != n:
+            raise ValueError(f"evidence: rank_by has {len(self.rank_by)} rows, expected {n}")
         if self.belief.shape[0] != n:
             raise ValueError(f"evidence: belief has {self.belief.shape[0]} rows, suspicion {n}")
         for name, values in (self.members or {}).items():
@@ -198,6 +209,22 @@ def combine_members(members: dict[str, np.ndarray], fit_rows: np.ndarray) -> Com
     votes = np.sum([p >= RELABEL_POSTERIOR for p in posteriors.values()], axis=0)
     strong = votes >= math.ceil(len(posteriors) / 2)
     return Combined(p_wrong, suspicion, strong, posteriors, votes)
+
+
+def rank_posteriors(order_by: np.ndarray, posterior: np.ndarray) -> np.ndarray:
+    """The posteriors re-assigned by rank: the sample ranked k by ``order_by`` (descending)
+    gets the k-th largest of ``posterior``.
+
+    A quantile mapping from a score that orders well to probabilities whose level is
+    calibrated: the sum (the estimated count of wrong labels) and the distribution of
+    ``posterior`` are unchanged, and ``P(wrong)`` never falls as the rank rises, so the flagged
+    set (the top of the ranking) is also the set of highest ``P(wrong)``. Ties in
+    ``order_by`` keep row order.
+    """
+    order_by = np.asarray(order_by, dtype=np.float64)
+    out = np.empty(len(order_by), dtype=np.float64)
+    out[np.argsort(-order_by, kind="stable")] = np.sort(np.asarray(posterior, dtype=np.float64))[::-1]
+    return out
 
 
 @dataclass
@@ -373,6 +400,10 @@ def score(
     if evidence.members:
         combined = combine_members(evidence.members, free)
         suspicion, posterior, strong = combined.suspicion.copy(), combined.p_wrong, combined.strong
+        if evidence.rank_by is not None:  # order by rank_by, the level from the members
+            suspicion = np.clip(np.asarray(evidence.rank_by, dtype=np.float64), 0.0, 1.0)
+            posterior = posterior.copy()
+            posterior[free] = rank_posteriors(suspicion[free], combined.p_wrong[free])
         for name, p in combined.member_p_wrong.items():
             columns[f"{name}_p_wrong"] = p
             member_errors[name] = round(float(p[free].sum()))

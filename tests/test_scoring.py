@@ -11,6 +11,7 @@ from labelclean.scoring import (
     combine_members,
     decide,
     fit_mixture,
+    rank_posteriors,
     ranks,
     score,
     threshold_flags,
@@ -179,6 +180,28 @@ def test_score_decides_every_row_once_with_one_meaning_of_suggested():
     assert (scored.rank[:3] == 0).all() and sorted(scored.rank[3:]) == list(range(1, n - 2))
     assert scored.is_suspect.sum() == round(scored.p_wrong[~verified].sum())
     assert set(scored.columns) == {"a_p_wrong", "b_p_wrong", "strong_votes"}
+
+
+def test_rank_by_orders_the_samples_and_the_members_set_the_level():
+    s, noisy = _bimodal(n_clean=180, n_noisy=20, seed=5)
+    n = len(s)
+    rng = np.random.default_rng(5)
+    better = np.where(noisy, 0.6, 0.3) + rng.uniform(0, 0.05, n)  # separates the two perfectly
+    members = {"a": s, "b": s}
+    given, verified = np.zeros(n, dtype=int), np.zeros(n, bool)
+    belief = np.tile([0.2, 0.8], (n, 1))
+    plain = score(Evidence(s, belief, members=members), given, verified, given)
+    ranked = score(Evidence(s, belief, members=members, rank_by=better), given, verified, given)
+    assert (ranked.suspicion == np.clip(better, 0, 1)).all()
+    assert (ranked.rank[np.argsort(-better)] == np.arange(1, n + 1)).all()
+    # The level (count, distribution of P(wrong)) is the members'; the order is rank_by's.
+    assert ranked.p_wrong.sum() == pytest.approx(plain.p_wrong.sum())
+    assert np.allclose(np.sort(ranked.p_wrong), np.sort(plain.p_wrong))
+    order = np.argsort(ranked.rank)
+    assert (np.diff(ranked.p_wrong[order]) <= 1e-12).all()  # P(wrong) never rises down the ranking
+    assert ranked.is_suspect.sum() == plain.is_suspect.sum()
+    assert precision_recall_f1(ranked.is_suspect, noisy)["f1"] >= precision_recall_f1(plain.is_suspect, noisy)["f1"]
+    assert rank_posteriors(np.array([0.1, 0.9, 0.5]), np.array([0.2, 0.7, 0.0])).tolist() == [0.0, 0.7, 0.2]
 
 
 def test_ties_keep_row_order_in_rank():

@@ -25,10 +25,14 @@ def member_names() -> list[str]:
 @dataclass(frozen=True)
 class AutoOptions(MetaOptions):
     """``members``: comma-separated member names, or ``all``. ``second_view``: ``teacher``
-    (a member's teacher on the second view, one forward less) or ``student`` (the papers')."""
+    (a member's teacher on the second view, one forward less) or ``student`` (the papers').
+    ``rank``: ``late`` (the late-phase training belief orders the samples, the members'
+    calibrated posteriors set the level) or ``members`` (the mean of those posteriors orders
+    them too)."""
 
     members: str = "all"
     second_view: Literal["teacher", "student"] = "teacher"
+    rank: Literal["late", "members"] = "late"
 
     def selected(self) -> list[str]:
         if self.members.strip() == "all":
@@ -175,8 +179,9 @@ class Auto(MetaMethod):
         summary = {**self.base_summary(), "members": list(parts),
                    "member_summaries": {n: {k: v for k, v in e.summary.items() if k != "notes"}
                                         for n, e in parts.items()}}
+        rank_by = columns["late_suspicion"] if self.options.rank == "late" else None
         return Evidence(raw, belief, columns, transition, summary, arrays,
-                        members={n: e.suspicion for n, e in parts.items()})
+                        members={n: e.suspicion for n, e in parts.items()}, rank_by=rank_by)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(),
