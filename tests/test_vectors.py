@@ -62,6 +62,14 @@ def test_features_audit_finds_the_wrong_labels_without_images(vec):
     corrected = pd.read_csv(run.run_dir / "corrected.csv")
     assert "path" not in corrected.columns and list(corrected.columns[:2]) == ["id", "label"]
     assert (run.run_dir / "report.html").is_file()
+    # Time and peak memory per stage, report included (benchmarks/scale.py reads them).
+    saved = json.loads((run.run_dir / "summary.json").read_text())
+    stages = saved["timings"]["stages"]
+    assert [s["stage"] for s in stages] == ["read manifest", "read features", "train", "score",
+                                            "write", "report"]
+    peaks = [s["peak_rss_mb"] for s in stages]
+    assert all(p > 50 for p in peaks) and peaks == sorted(peaks)  # a running peak
+    assert sum(s["seconds"] for s in stages) <= saved["timings"]["total_seconds"] + 0.01
 
 
 def test_npy_in_manifest_order_gives_the_same_scores_as_parquet_with_ids(vec):

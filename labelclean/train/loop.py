@@ -121,12 +121,16 @@ def train(
     mean, std = mean.to(device), std.to(device)
     generator = torch.Generator().manual_seed(config.seed)
 
+    pin = device.type == "cuda"  # page-locked host batches copy to the GPU asynchronously
+
     def load(rows: torch.Tensor, augmented: bool) -> torch.Tensor:
         x = inputs[rows.cpu()]
+        if augmented and not vectors:
+            x = augment(x, config.augment, generator)
+        if pin:
+            x = x.pin_memory()
         if vectors:
             return x.to(device, non_blocking=True).float().sub_(mean).div_(std)
-        if augmented:
-            x = augment(x, config.augment, generator)
         x = x.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
         return x.contiguous(memory_format=memory_format)
 
