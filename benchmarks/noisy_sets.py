@@ -158,6 +158,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="default: labelclean's fit to data")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--folds", type=int, default=4)
+    parser.add_argument("--trusted-sample", action="store_true",
+                        help="the trusted rows are a random sample of the noisy manifest (verified "
+                             "labels kept), as a team verifying a sample has: the audit's exam runs")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep each audit's run folder and the simulated labels under this folder")
     parser.add_argument("--section", default=None, help="docs section name (default: noisy_<datasets>)")
@@ -195,7 +198,8 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
             else:
                 kind_map = CIFAR_MAP
             report = simulate(manifest, sim_dir, kind, float(rate), seed=args.seed, trusted_per_class=10,
-                              class_map=kind_map if kind == "asymmetric" else None)
+                              class_map=kind_map if kind == "asymmetric" else None,
+                              trusted_sample=args.trusted_sample)
             print(f"{setting}: {report['flipped']} of {report['samples']} labels wrong", flush=True)
             rows, run_dirs = {}, {}
             for method in args.methods:

@@ -96,16 +96,23 @@ class TrainContext:
         rows: torch.Tensor | None = None,
         batch_size: int = 512,
     ) -> torch.Tensor:
-        """Apply ``fn`` to un-augmented images of ``rows`` (all rows by default), eval mode."""
+        """Apply ``fn`` to un-augmented images of ``rows`` (all rows by default), eval mode.
+
+        The output is allocated once and filled chunk by chunk (a list of chunks joined at the
+        end would hold it twice: 4 GB at a million 512-d rows)."""
         rows = torch.arange(self.num_samples) if rows is None else rows
         was_training = self.model.training
         self.model.eval()
+        out = torch.empty(0)
         try:
-            outs = [fn(self.load(rows[i : i + batch_size], False)).float().cpu()
-                    for i in range(0, len(rows), batch_size)]
+            for i in range(0, len(rows), batch_size):
+                chunk = fn(self.load(rows[i : i + batch_size], False)).float().cpu()
+                if i == 0:
+                    out = torch.empty((len(rows), *chunk.shape[1:]), dtype=chunk.dtype)
+                out[i : i + len(chunk)] = chunk
         finally:
             self.model.train(was_training)
-        return torch.cat(outs) if outs else torch.empty(0)
+        return out
 
 
 class Method:
