@@ -168,3 +168,22 @@ def test_ivf_neighbours_above_the_exact_size_agree_with_exact_search():
     approx = ivf.kneighbors(10)
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall > 0.9 and (approx != np.arange(3000)[:, None]).all()
+
+
+def test_wide_vectors_above_the_exact_budget_are_projected_before_the_ivf_index(monkeypatch):
+    from labelclean import knn
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(0, 4, (30, 96))
+    x = (centres[rng.integers(0, 30, 2000)] + rng.normal(0, 1, (2000, 96))).astype(np.float32)
+    exact = knn.FaissKnn().fit(x).kneighbors(10)
+    monkeypatch.setattr(knn, "EXACT_BUDGET", 1e6)  # 2,000² · 96 is above it
+    monkeypatch.setattr(knn, "IVF_DIM", 16)
+    approx_index = knn.FaissKnn().fit(x)
+    assert type(approx_index.index).__name__ == "IndexIVFFlat" and approx_index.x.shape == (2000, 16)
+    approx = approx_index.kneighbors(10)
+    # Same-cluster neighbours: the projection keeps the structure that matters to MLNT.
+    labels = np.argmin(((x[:, None, :] - centres[None].astype(np.float32)) ** 2).sum(-1), 1)
+    assert (labels[approx] == labels[:, None]).mean() > 0.95
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
+    assert recall > 0.3 and (approx != np.arange(2000)[:, None]).all()
