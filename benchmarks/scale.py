@@ -185,10 +185,10 @@ def render(raw: dict) -> str:
         lines += [f"**{kind}** ({raw['settings'][kind]})", "",
                   "| rows | wall | peak RSS | " + " | ".join(stage_names) + " | kNN (in train) | rows/s (train) "
                   "| AUROC | AP | F1 |",
-                  "|---" * (len(stage_names) + 9) + "|"]
+                  "|---" * (len(stage_names) + 8) + "|"]
         for rows, r in runs.items():
-            cells = [f"{s['seconds']:.1f} s / {s['peak_rss_mb'] / 1024:.2f} GB" for s in r["stages"]]
-            lines.append(f"| {int(rows):,} | {r['wall_seconds']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GB | "
+            cells = [f"{s['seconds']:.1f} s / {s['peak_rss_mb'] / 1024:.2f} GiB" for s in r["stages"]]
+            lines.append(f"| {int(rows):,} | {r['wall_seconds']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GiB | "
                          + " | ".join(cells)
                          + f" | {fmt(r['knn_seconds'] or float('nan'), 1)} s | {r['train_rows_per_second']:,.0f} "
                          f"| {fmt(r['auroc'])} | {fmt(r['ap'])} | {fmt(r['f1'])} |")
