@@ -258,6 +258,7 @@ def main() -> None:
         raw["images"][rows] = r
         print(f"images {rows:,}: {r['wall_seconds']} s, peak {r['peak_rss_mb'] / 1024:.2f} GB, "
               f"stages {[(s['stage'], s['seconds']) for s in r['stages']]}", flush=True)
+        write_section(args.section, render(raw), raw)  # after each size: a long run keeps what it measured
     write_section(args.section, render(raw), raw)
 
 

@@ -93,7 +93,8 @@ def audit(
     strict: Annotated[bool, typer.Option(help="Any unreadable image is an error (default: skip a few).")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last checkpoint.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an earlier run in --out.")] = False,
-    device: Annotated[C.Device, typer.Option(help="Where to train.")] = "cpu",
+    device: Annotated[C.Device, typer.Option(help="Where to train (auto: CUDA when present).")] = "auto",
+    precision: Annotated[C.Precision, typer.Option(help="Mixed precision: auto (bfloat16 on CUDA), fp32 or bf16.")] = "auto",
     top: Annotated[int, typer.Option(min=0, help="Suspects to show at the end.")] = 10,
     report: Annotated[bool, typer.Option(help="Write report.html (thumbnails of the suspects).")] = True,
     fmt: Annotated[C.TableFormat, typer.Option("--format", help="table, or json: the summary on stdout.")] = "table",
@@ -114,7 +115,7 @@ def audit(
         label_column=label_column, id_column=id_column, threshold=threshold, exam_share=exam_share,
         fail_if_noise_above=fail_if_noise_above, fail_if_flagged_above=fail_if_flagged_above,
         meta_scope=meta_scope, method_options=_parse_options(option or []),
-        strict=strict, resume=resume, overwrite=overwrite, device=device, report=report,
+        strict=strict, resume=resume, overwrite=overwrite, device=device, precision=precision, report=report,
         features=str(features) if features else None, pred_probs=str(pred_probs) if pred_probs else None,
         finetune=finetune,
     )

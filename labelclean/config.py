@@ -55,7 +55,10 @@ class RunConfig:
     method_options: dict[str, Any] = field(default_factory=dict)
     resume: bool = False
     overwrite: bool = False
-    device: str = "cpu"
+    device: str = "auto"
+    #: Autocast precision of training and scoring: auto (bfloat16 on a CUDA device that has it,
+    #: float32 elsewhere), fp32, or bf16 (also on CPU).
+    precision: str = "auto"
     num_threads: int | None = None
     #: A user's embeddings (Parquet/CSV with ids, or .npy in manifest order): train on them.
     features: str | None = None
@@ -108,6 +111,8 @@ class RunConfig:
              "--weights); a network trained from scratch is trained in full"),
             (not (self.features and self.pred_probs),
              "--features and --pred-probs: expected one of them, found both"),
+            (self.precision in ("auto", "fp32", "bf16"),
+             f"--precision: expected auto, fp32 or bf16, found {self.precision!r}"),
             (
                 self.device in ("cpu", "cuda", "auto"),
                 f"--device: expected cpu, cuda or auto, found {self.device!r}",

@@ -45,6 +45,17 @@ def test_trusted_rows_mark_dataset_rows_and_add_new_images(tiny, tmp_path):
     assert len(added) == 1 and added["label"].iloc[0] == "cat"
 
 
+def test_trusted_ids_and_labels_without_paths_mark_dataset_rows(tiny, tmp_path):
+    picks = tiny.truth.iloc[[2, 7, 11]]
+    pd.DataFrame({"id": picks["id"], "label": picks["label"]}).to_csv(tmp_path / "t.csv", index=False)
+    samples = load_samples(tiny.csv, tmp_path / "t.csv")
+    assert sorted(samples.table.loc[samples.verified, "sample_id"]) == sorted(picks["id"])
+    assert (samples.table["source"] == "dataset").all()
+    pd.DataFrame({"id": ["nope"], "label": ["cat"]}).to_csv(tmp_path / "u.csv", index=False)
+    with pytest.raises(DataError, match=r"u.csv row 1: id 'nope' is not in the dataset .*add a path column"):
+        load_samples(tiny.csv, tmp_path / "u.csv")
+
+
 def test_trusted_label_overrides_training_target(tiny, tmp_path):
     row = tiny.truth.iloc[10]
     other = CLASSES[(CLASSES.index(row["label"]) + 1) % 3]

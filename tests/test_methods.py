@@ -58,6 +58,28 @@ def test_method_resumes_to_the_same_state(tiny, tmp_path, monkeypatch, method):
     pd.testing.assert_frame_equal(full, resumed.scores)
 
 
+@pytest.mark.parametrize("method", NAMES)
+def test_bf16_autocast_runs_every_forward_pass_and_still_ranks(tiny, tmp_path, monkeypatch, method):
+    import labelclean.train.loop as loop
+
+    dtypes: set[torch.dtype] = set()
+    build = loop.build_backbone
+
+    def recording(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.register_forward_hook(lambda mod, inp, out: dtypes.add(out.dtype))
+        return model
+
+    monkeypatch.setattr(loop, "build_backbone", recording)
+    result = audit(_config(tiny, tmp_path, method, precision="bf16"))
+    assert dtypes == {torch.bfloat16}  # training, meta and final scoring passes alike
+    s = result.scores[~result.scores["verified"]]
+    assert auroc(s["suspicion"].to_numpy(), s["sample_id"].isin(tiny.flipped).to_numpy()) >= 0.8
+    dtypes.clear()
+    audit(_config(tiny, tmp_path, method, out="fp32", precision="auto"))  # CPU: float32
+    assert dtypes == {torch.float32}
+
+
 @pytest.mark.parametrize("method", META)
 def test_full_scope_trains_and_scores(tiny, tmp_path, method):
     result = audit(_config(tiny, tmp_path, method, epochs=2, meta_scope="full",

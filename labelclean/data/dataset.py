@@ -359,15 +359,17 @@ def _merge_trusted(
     frame = read_table(path)
     path_col = inp.path_column if inp.path_column in frame.columns else S.PATH
     label_col = inp.label_column if inp.label_column in frame.columns else S.LABEL
+    id_col = inp.id_column if inp.id_column and inp.id_column in frame.columns else None
+    # Ids and labels alone name dataset rows; a path is needed only to add images from outside.
+    by_id_only = inp.has_paths and path_col not in frame.columns and id_col is not None
     missing = [c for c in (path_col, label_col) if c not in frame.columns
-               and (inp.has_paths or c == label_col)]
+               and ((inp.has_paths and not by_id_only) or c == label_col)]
     if missing:
         found = ", ".join(map(str, frame.columns)) or "no columns"
         raise DataError(
             f"{path}: expected trusted-set column(s) {', '.join(map(repr, missing))}, found {found}"
         )
-    id_col = inp.id_column if inp.id_column and inp.id_column in frame.columns else None
-    if not inp.has_paths:
+    if not inp.has_paths or by_id_only:
         return _merge_trusted_by_id(table, frame, path, id_col, label_col, classes)
     raise_problems(label_problems(frame[label_col], str(path)))
     labels = _label_strings(frame[label_col])
@@ -453,7 +455,7 @@ def _merge_trusted_by_id(table: pd.DataFrame, frame: pd.DataFrame, path: Path, i
             _problem(problems, f"{where}: trusted label {label!r} is not a class of the dataset")
         elif i is None:
             _problem(problems, f"{where}: id {sid!r} is not in the dataset (without image paths "
-                     "every trusted row must be a dataset row)")
+                     "every trusted row must be a dataset row; add a path column to add images)")
         elif i in seen and seen[i] != label:
             _problem(problems, f"{where}: sample {sid!r} is trusted twice with different labels")
         else:

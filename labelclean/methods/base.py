@@ -71,6 +71,8 @@ class TrainContext:
     optimizer: torch.optim.Optimizer | None = None  # set by the loop after setup
     step: int = 0
     epoch: int = 0
+    #: Autocast dtype of forward passes (``--precision``); ``None``: float32.
+    amp_dtype: torch.dtype | None = None
 
     @property
     def num_samples(self) -> int:
@@ -83,6 +85,11 @@ class TrainContext:
     def progress(self) -> float:
         """Fraction of training done, in [0, 1]."""
         return self.step / max(1, self.total_steps)
+
+    def autocast(self) -> torch.autocast:
+        """Mixed precision for a forward pass (a no-op where ``amp_dtype`` is ``None``)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
     @torch.no_grad()
     def predict(self, rows: torch.Tensor | None = None, batch_size: int = 512) -> torch.Tensor:
@@ -106,7 +113,8 @@ class TrainContext:
         out = torch.empty(0)
         try:
             for i in range(0, len(rows), batch_size):
-                chunk = fn(self.load(rows[i : i + batch_size], False)).float().cpu()
+                with self.autocast():
+                    chunk = fn(self.load(rows[i : i + batch_size], False)).float().cpu()
                 if i == 0:
                     out = torch.empty((len(rows), *chunk.shape[1:]), dtype=chunk.dtype)
                 out[i : i + len(chunk)] = chunk
