@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labelclean.errors import UsageError
-from labelclean.methods.base import METHODS, Batch, TrainContext
+from labelclean.methods.base import METHODS, Batch, Dynamics, TrainContext
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import split_nested
 from labelclean.scoring import Evidence
@@ -109,12 +109,11 @@ class Auto(MetaMethod):
             auto.members[n] = member_cls(options)  # type: ignore[assignment]
         return auto
 
-    def setup(self, ctx: TrainContext) -> None:
-        super().setup(ctx)
+    def setup(self, ctx: TrainContext, dynamics: Dynamics | None = None) -> None:
+        super().setup(ctx, dynamics)
         self.needs = frozenset().union(*(m.shared_needs for m in self.members.values()))
         for m in self.members.values():
-            m.setup(ctx)
-            m.dynamics = self.dynamics  # one forward, one record
+            m.setup(ctx, dynamics=self.dynamics)  # one forward, one record
             m.warmup_epochs = self.warmup_epochs
         self._sync_reference()
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from labelclean.errors import ConfigError
 from labelclean.methods.options import MethodOptions
+from labelclean.methods.state import RowMeans
 from labelclean.models import Backbone
 from labelclean.registry import Registry
 from labelclean.scoring import Evidence
@@ -211,36 +212,34 @@ class Dynamics:
     LATE_FROM = 0.5
 
     def __init__(self, num_samples: int, num_classes: int, labels: torch.Tensor | None = None) -> None:
-        self.sum = torch.zeros(num_samples, num_classes, dtype=torch.float64)
-        self.count = torch.zeros(num_samples, dtype=torch.float64)
-        self.late_sum = torch.zeros(num_samples, num_classes, dtype=torch.float64)
-        self.late_count = torch.zeros(num_samples, dtype=torch.float64)
+        # Means, not sums: bounded tables (labelclean.methods.state) at a million rows.
+        self.all = RowMeans(num_samples, num_classes)
+        self.late = RowMeans(num_samples, num_classes)
         self.margin_sum = torch.zeros(num_samples, dtype=torch.float64)
         self.labels = None if labels is None else labels.detach().cpu().long()
+
+    @property
+    def count(self) -> torch.Tensor:
+        """``(N,)`` visits per row."""
+        return self.all.count
 
     def update(self, rows: torch.Tensor, logits: torch.Tensor, late: bool = False) -> None:
         rows = rows.cpu()
         z = logits.detach().float()
-        probs = z.softmax(1).double().cpu()
-        ones = torch.ones(len(rows), dtype=torch.float64)
-        self.sum.index_add_(0, rows, probs)
-        self.count.index_add_(0, rows, ones)
+        probs = z.softmax(1)
+        self.all.add(rows, probs)
         if late:
-            self.late_sum.index_add_(0, rows, probs)
-            self.late_count.index_add_(0, rows, ones)
+            self.late.add(rows, probs)
         if self.labels is not None:
             self.margin_sum.index_add_(0, rows, aum_margin(z, self.labels[rows].to(z.device)).double().cpu())
 
     def mean(self) -> torch.Tensor:
-        """``(N, C)`` mean probabilities; uniform for rows never visited."""
-        return _mean(self.sum, self.count)
+        """``(N, C)`` mean probabilities (float32); uniform for rows never visited."""
+        return self.all.mean()
 
     def late_mean(self) -> torch.Tensor:
         """``(N, C)`` mean probabilities over late-phase visits (all visits where there were none)."""
-        late = _mean(self.late_sum, self.late_count)
-        none = self.late_count == 0
-        late[none] = self.mean()[none]
-        return late
+        return self.late.mean(fill=self.mean())
 
     def aum(self) -> torch.Tensor:
         """``(N,)`` area under the margin (mean logit margin of the label); 0 where never visited."""
@@ -254,21 +253,14 @@ class Dynamics:
             out["aum"] = self.aum().numpy()
         return out
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"sum": self.sum.clone(), "count": self.count.clone(),
-                "late_sum": self.late_sum.clone(), "late_count": self.late_count.clone(),
+    def state_dict(self) -> dict[str, Any]:
+        return {"all": self.all.state_dict(), "late": self.late.state_dict(),
                 "margin_sum": self.margin_sum.clone()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for name in ("sum", "count", "late_sum", "late_count", "margin_sum"):
-            getattr(self, name).copy_(state[name])
-
-
-def _mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    c = total.shape[1]
-    out = total / count.clamp_min(1)[:, None]
-    out[count == 0] = 1.0 / c
-    return out
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.all.load_state_dict(state["all"])
+        self.late.load_state_dict(state["late"])
+        self.margin_sum.copy_(state["margin_sum"])
 
 
 def aum_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

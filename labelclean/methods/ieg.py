@@ -16,6 +16,7 @@ from torch import Tensor
 from labelclean.methods.base import (
     METHODS,
     Batch,
+    Dynamics,
     Evidence,
     TrainContext,
     belief_suspicion,
@@ -32,6 +33,7 @@ from labelclean.methods.functional import (
 )
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import check
+from labelclean.methods.state import RowMeans
 
 
 @dataclass(frozen=True)
@@ -92,15 +94,14 @@ class IEG(MetaMethod):
     Options = IEGOptions
     options: IEGOptions
 
-    def setup(self, ctx: TrainContext) -> None:
-        super().setup(ctx)
+    def setup(self, ctx: TrainContext, dynamics: Dynamics | None = None) -> None:
+        super().setup(ctx, dynamics)
         n, c = ctx.num_samples, ctx.num_classes
         self.visits = torch.zeros(n, dtype=torch.float64)
         self.relabelled = torch.zeros(n, dtype=torch.float64)
         self.isolated = torch.zeros(n, dtype=torch.float64)
         self.weight_sum = torch.zeros(n, dtype=torch.float64)
-        self.pseudo_sum = torch.zeros(n, c, dtype=torch.float64)
-        self.pseudo_visits = torch.zeros(n, dtype=torch.float64)
+        self.pseudo = RowMeans(n, c)
 
     def pseudo_labels(self, z: Tensor, z2: Tensor) -> Tensor:
         p = 0.5 * (logit_norm(z.detach()).softmax(1) + logit_norm(z2.detach()).softmax(1))
@@ -179,8 +180,7 @@ class IEG(MetaMethod):
     def record_pseudo(self, batch: Batch, z: Tensor, z2: Tensor) -> Tensor:
         g = self.pseudo_labels(z, z2)
         rows = batch.index.cpu()
-        self.pseudo_sum.index_add_(0, rows, g.double().cpu())
-        self.pseudo_visits.index_add_(0, rows, torch.ones(len(rows), dtype=torch.float64))
+        self.pseudo.add(rows, g)
         return g
 
     def step_loss(self, batch: Batch, h: Tensor, z: Tensor, shared: Shared) -> Tensor:
@@ -240,9 +240,7 @@ class IEG(MetaMethod):
         visits = self.visits.clamp_min(1)
         relabel_rate = self.relabelled / visits
         isolated_rate = self.isolated / visits
-        pseudo = self.pseudo_sum / self.pseudo_visits.clamp_min(1)[:, None]
-        never = self.pseudo_visits == 0
-        pseudo[never] = self.dynamics.mean()[never]
+        pseudo = self.pseudo.mean(fill=self.dynamics.mean())
         pseudo = pseudo / pseudo.sum(1, keepdim=True)
         off_given = belief_suspicion(pseudo, labels)
         suspicion = ((relabel_rate + isolated_rate).numpy() + off_given) / 3.0
@@ -255,11 +253,13 @@ class IEG(MetaMethod):
         return Evidence(suspicion, pseudo.numpy(), columns, summary=self.base_summary())
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **{k: getattr(self, k).clone() for k in self._tables}}
+        return {**super().state_dict(), **{k: getattr(self, k).clone() for k in self._tables},
+                "pseudo": self.pseudo.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         for k in self._tables:
             getattr(self, k).copy_(state[k])
+        self.pseudo.load_state_dict(state["pseudo"])
 
-    _tables = ("visits", "relabelled", "isolated", "weight_sum", "pseudo_sum", "pseudo_visits")
+    _tables = ("visits", "relabelled", "isolated", "weight_sum")

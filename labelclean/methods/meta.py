@@ -86,9 +86,10 @@ class MetaMethod(Method):
     #: Which of :data:`SHARED_INPUTS` the method's :meth:`step_loss` reads from ``Shared``.
     shared_needs: ClassVar[frozenset[str]] = frozenset({"reference"})
 
-    def setup(self, ctx: TrainContext) -> None:
+    def setup(self, ctx: TrainContext, dynamics: Dynamics | None = None) -> None:
+        """``dynamics``: a record shared with other methods (``auto``'s members), else a new one."""
         super().setup(ctx)
-        self.dynamics = Dynamics(ctx.num_samples, ctx.num_classes, ctx.labels)
+        self.dynamics = dynamics or Dynamics(ctx.num_samples, ctx.num_classes, ctx.labels)
         warm = float(self.options.warmup)
         self.warmup_epochs = min(ctx.epochs - 1, max(1 if warm > 0 else 0, round(warm * ctx.epochs)))
         verified = torch.where(ctx.verified.cpu())[0]

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_suspicion
+from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import meta_gradient
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import check
@@ -99,8 +99,8 @@ class MLC(MetaMethod):
     Options = MLCOptions
     options: MLCOptions
 
-    def setup(self, ctx: TrainContext) -> None:
-        super().setup(ctx)
+    def setup(self, ctx: TrainContext, dynamics: Dynamics | None = None) -> None:
+        super().setup(ctx, dynamics)
         c = ctx.num_classes
         d = float(self.options.diag_init)
         off = (1 - d) / max(1, c - 1)

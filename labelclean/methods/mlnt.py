@@ -17,10 +17,11 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from labelclean.knn import FaissKnn
-from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_suspicion
+from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import functional_forward
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import check
+from labelclean.methods.state import table_dtype
 from labelclean.models import Backbone
 
 
@@ -127,8 +128,8 @@ class MLNT(MetaMethod):
     Options = MLNTOptions
     options: MLNTOptions
 
-    def setup(self, ctx: TrainContext) -> None:
-        super().setup(ctx)
+    def setup(self, ctx: TrainContext, dynamics: Dynamics | None = None) -> None:
+        super().setup(ctx, dynamics)
         if self.reference_source == "pending":
             self.reference_source = "none"  # MLNT needs no reference set
         self.teacher = copy.deepcopy(ctx.model)
@@ -137,7 +138,8 @@ class MLNT(MetaMethod):
             net.requires_grad_(False)
         n = ctx.num_samples
         self.neighbours = torch.zeros(n, 0, dtype=torch.long)
-        self.mentor_probs = torch.full((n, ctx.num_classes), 1.0 / ctx.num_classes)
+        self.mentor_probs = torch.full((n, ctx.num_classes), 1.0 / ctx.num_classes,
+                                       dtype=table_dtype(n, ctx.num_classes))
         self.iteration = -1
         self.knn_seconds = 0.0
         meta_epochs = max(1, ctx.epochs - self.warmup_epochs)
@@ -174,8 +176,9 @@ class MLNT(MetaMethod):
             self.knn_seconds += time.perf_counter() - started
         with torch.no_grad():
             head = self.mentor.head
-            self.mentor_probs = torch.cat([head(features[i:i + _HEAD_CHUNK].to(head.weight.device)).softmax(1).float().cpu()
-                                           for i in range(0, len(features), _HEAD_CHUNK)])
+            for i in range(0, len(features), _HEAD_CHUNK):  # in place: no second (N, C) copy
+                chunk = head(features[i:i + _HEAD_CHUNK].to(head.weight.device)).softmax(1)
+                self.mentor_probs[i:i + len(chunk)] = chunk.to("cpu", self.mentor_probs.dtype)
         self.iteration = it
         self.iteration_start_step = ctx.step
 
@@ -278,7 +281,7 @@ class MLNT(MetaMethod):
         labels = ctx.labels.cpu()
         teacher = self._predict(self.teacher, lambda net, x: net(x).softmax(1)).double()
         dynamics = self.dynamics.mean()
-        belief = (teacher + self.mentor_probs.double() + dynamics) / 3.0
+        belief = (teacher + self.mentor_probs.double() + dynamics.double()) / 3.0
         suspicion = belief_suspicion(belief, labels)
         columns = {
             "mlnt_suspicion": suspicion,

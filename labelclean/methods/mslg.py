@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelclean.methods.base import METHODS, Batch, Evidence, TrainContext, belief_suspicion
+from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import (
     head_meta_sensitivity,
     meta_gradient,
@@ -90,10 +90,11 @@ class MSLG(MetaMethod):
     Options = MSLGOptions
     options: MSLGOptions
 
-    def setup(self, ctx: TrainContext) -> None:
-        super().setup(ctx)
+    def setup(self, ctx: TrainContext, dynamics: Dynamics | None = None) -> None:
+        super().setup(ctx, dynamics)
         k = float(self.options.K)
-        self.table = k * F.one_hot(ctx.labels.cpu(), ctx.num_classes).double()
+        # float32, never float16 (labelclean.methods.state): β·∂L/∂yᵈ steps are small against K.
+        self.table = k * F.one_hot(ctx.labels.cpu(), ctx.num_classes).float()
         alpha = float(self.options.alpha)
         self.beta = float(self.options.beta) * (ctx.batch_size * ctx.num_classes) / BETA_REFERENCE_BC * (BETA_REFERENCE_ALPHA / alpha)
 
@@ -120,7 +121,7 @@ class MSLG(MetaMethod):
         grad = self.label_grad(h, z, yd.softmax(1), shared)
         grad = torch.where(batch.verified[:, None], torch.zeros_like(grad), grad)
         new = (yd - self.beta * grad).detach()
-        self.table[rows] = new.double().cpu()
+        self.table[rows] = new.float().cpu()
         soft = new.softmax(1)
         gamma = float(self.options.gamma)
         return kl_mean(z, soft) + gamma * entropy_mean(z)

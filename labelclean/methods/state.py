@@ -1,0 +1,64 @@
+"""Per-sample class tables: ``(N, C)`` state keyed by dataset row, bounded in memory.
+
+Every method keeps some of these (the training dynamics' mean beliefs, IEG's pseudo-labels,
+MLNT's mentor probabilities). At a million rows and a thousand classes one float64 table is
+8 GB, so the dtype is chosen here, in one place: float32 up to :data:`FLOAT16_ABOVE` elements,
+float16 above (2 GB per table at 10⁹ elements). Updates are computed in float32 and rounded once
+on the way into the table; a running mean (rather than a running sum, whose float16 rounding
+would grow with the number of visits) keeps that rounding at the scale of the values, about
+5e-4 near 1. MSLG's soft-label table is not a mean: it accumulates small gradient steps, which
+float16 would round away, so it stays float32 (see :mod:`labelclean.methods.mslg`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+#: Rows x classes above which per-sample mean tables are stored in float16.
+FLOAT16_ABOVE = 100_000_000
+
+
+def table_dtype(num_samples: int, num_classes: int) -> torch.dtype:
+    """The storage dtype of an ``(N, C)`` per-sample table."""
+    return torch.float16 if num_samples * num_classes > FLOAT16_ABOVE else torch.float32
+
+
+class RowMeans:
+    """Running mean of ``(C,)`` vectors per dataset row, and the number of visits.
+
+    ``add(rows, values)`` with distinct ``rows`` (a training batch) updates each row's mean as
+    ``m + (v - m) / k``; :meth:`mean` returns float32, with ``fill`` where a row was never
+    visited.
+    """
+
+    def __init__(self, num_samples: int, num_classes: int, dtype: torch.dtype | None = None) -> None:
+        dtype = dtype or table_dtype(num_samples, num_classes)
+        self.values = torch.zeros(num_samples, num_classes, dtype=dtype)
+        self.count = torch.zeros(num_samples, dtype=torch.float64)
+
+    def add(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        rows = rows.cpu()
+        self.count[rows] += 1.0
+        k = self.count[rows].float()[:, None]
+        old = self.values[rows].float()
+        self.values[rows] = (old + (values.detach().float().cpu() - old) / k).to(self.values.dtype)
+
+    def mean(self, fill: torch.Tensor | float | None = None) -> torch.Tensor:
+        """``(N, C)`` float32 means; rows never visited get ``fill`` (default: uniform)."""
+        out = self.values.float()
+        never = self.count == 0
+        if never.any():
+            out[never] = (1.0 / out.shape[1]) if fill is None else (
+                fill[never] if isinstance(fill, torch.Tensor) else fill)
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        return self.values.element_size() * self.values.nelement() + 8 * self.count.nelement()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"values": self.values.clone(), "count": self.count.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.values.copy_(state["values"])
+        self.count.copy_(state["count"])

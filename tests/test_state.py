@@ -1,0 +1,59 @@
+"""Per-sample class tables: bounded dtype, running means that match float64, shared records."""
+
+import torch
+
+from labelclean.methods import state as state_module
+from labelclean.methods.state import RowMeans, table_dtype
+
+
+def _visits(n=64, c=10, visits=60, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, c, generator=g).mul(3).softmax(1) for _ in range(visits)]
+
+
+def test_dtype_switches_to_float16_above_the_budget(monkeypatch):
+    assert table_dtype(1000, 10) == torch.float32
+    assert table_dtype(1_000_000, 1000) == torch.float16  # 4 GB in float32, 2 GB here
+    monkeypatch.setattr(state_module, "FLOAT16_ABOVE", 100)
+    assert table_dtype(11, 10) == torch.float16 and table_dtype(10, 10) == torch.float32
+
+
+def test_running_means_match_float64_means_in_both_dtypes():
+    batches = _visits()
+    exact = torch.stack(batches).double().mean(0)
+    for dtype, tolerance in ((torch.float32, 1e-6), (torch.float16, 2e-3)):
+        table = RowMeans(64, 10, dtype)
+        rows = torch.arange(64)
+        for p in batches:
+            order = torch.randperm(64)  # rows arrive in any order
+            table.add(rows[order], p[order])
+        got = table.mean()
+        assert got.dtype == torch.float32
+        assert (got.double() - exact).abs().max() < tolerance, dtype
+        assert table.values.dtype == dtype
+
+
+def test_rows_never_visited_get_the_fill():
+    table = RowMeans(4, 3)
+    table.add(torch.tensor([1, 3]), torch.tensor([[1.0, 0, 0], [0, 0, 1.0]]))
+    assert torch.allclose(table.mean()[0], torch.full((3,), 1 / 3))
+    fill = torch.arange(12, dtype=torch.float32).view(4, 3)
+    assert torch.equal(table.mean(fill=fill)[2], fill[2])
+    assert torch.equal(table.mean(fill=fill)[3], torch.tensor([0, 0, 1.0]))
+
+
+def test_auto_allocates_one_training_record_for_all_members(monkeypatch):
+    import labelclean.methods.meta as meta
+    from tests.test_methods import _context
+
+    made = []
+
+    class Counting(meta.Dynamics):
+        def __init__(self, *args, **kwargs):
+            made.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(meta, "Dynamics", Counting)
+    m, ctx, batch = _context("auto")
+    assert len(m.members) == 4 and len(made) == 1  # not one (N, C) pair per member
+    assert all(member.dynamics is m.dynamics for member in m.members.values())
