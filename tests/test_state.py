@@ -54,6 +54,41 @@ def test_auto_allocates_one_training_record_for_all_members(monkeypatch):
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(meta, "Dynamics", Counting)
-    m, ctx, batch = _context("auto")
+    m, _, _ = _context("auto")
     assert len(m.members) == 4 and len(made) == 1  # not one (N, C) pair per member
     assert all(member.dynamics is m.dynamics for member in m.members.values())
+
+
+def test_stochastic_rounding_is_unbiased_where_nearest_rounding_drops_small_steps():
+    from labelclean.methods.state import stochastic_round
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.full((200_000,), 10.0)
+    step = 1e-3  # far below float16's spacing of 2^-7 at 10
+    nearest = x.clone().half()
+    rounded = x.clone().half()
+    for _ in range(20):
+        nearest = (nearest.float() + step).half()
+        rounded = stochastic_round(rounded.float() + step, torch.float16, g)
+    assert torch.all(nearest.float() == 10.0)  # round-to-nearest loses every step
+    assert abs(rounded.float().mean().item() - (10.0 + 20 * step)) < 2e-4
+    values = set(rounded.float().unique().tolist())
+    assert values <= {10.0 + k * 2 ** -7 for k in range(0, 21)} and len(values) > 1
+    assert torch.equal(stochastic_round(torch.tensor([1.5, -2.25]), torch.float16, g),
+                       torch.tensor([1.5, -2.25], dtype=torch.float16))  # exact values stay
+
+
+def test_float16_tables_still_rank_the_flips_and_resume(tiny, tmp_path, monkeypatch):
+    """Every per-sample table in float16 (the budget set to 0), as at a million rows."""
+    import pandas as pd
+
+    from labelclean import audit
+    from labelclean.metrics import auroc
+    from tests.test_methods import _config
+
+    monkeypatch.setattr(state_module, "FLOAT16_ABOVE", 0)
+    result = audit(_config(tiny, tmp_path, "auto"))
+    s = result.scores[~result.scores["verified"]]
+    assert auroc(s["suspicion"].to_numpy(), s["sample_id"].isin(tiny.flipped).to_numpy()) >= 0.9
+    again = audit(_config(tiny, tmp_path, "auto", out="again"))
+    pd.testing.assert_frame_equal(result.scores, again.scores)  # stochastic rounding is seeded

@@ -22,6 +22,7 @@ from labelclean.methods.functional import (
 )
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import check
+from labelclean.methods.state import stochastic_round, table_dtype
 
 
 def kl_mean(logits: Tensor, soft: Tensor) -> Tensor:
@@ -93,8 +94,10 @@ class MSLG(MetaMethod):
     def setup(self, ctx: TrainContext, dynamics: Dynamics | None = None) -> None:
         super().setup(ctx, dynamics)
         k = float(self.options.K)
-        # float32, never float16 (labelclean.methods.state): β·∂L/∂yᵈ steps are small against K.
-        self.table = k * F.one_hot(ctx.labels.cpu(), ctx.num_classes).float()
+        # β·∂L/∂yᵈ steps are small against K: a float16 table (above the budget of
+        # labelclean.methods.state) is written with unbiased stochastic rounding.
+        dtype = table_dtype(ctx.num_samples, ctx.num_classes)
+        self.table = k * F.one_hot(ctx.labels.cpu(), ctx.num_classes).to(dtype)
         alpha = float(self.options.alpha)
         self.beta = float(self.options.beta) * (ctx.batch_size * ctx.num_classes) / BETA_REFERENCE_BC * (BETA_REFERENCE_ALPHA / alpha)
 
@@ -121,13 +124,13 @@ class MSLG(MetaMethod):
         grad = self.label_grad(h, z, yd.softmax(1), shared)
         grad = torch.where(batch.verified[:, None], torch.zeros_like(grad), grad)
         new = (yd - self.beta * grad).detach()
-        self.table[rows] = new.float().cpu()
+        self.table[rows] = stochastic_round(new.cpu(), self.table.dtype, self.context.generator)
         soft = new.softmax(1)
         gamma = float(self.options.gamma)
         return kl_mean(z, soft) + gamma * entropy_mean(z)
 
     def soft_labels(self) -> Tensor:
-        return self.table.softmax(1)
+        return self.table.float().softmax(1)
 
     def evidence(self) -> Evidence:
         soft = self.soft_labels()

@@ -6,8 +6,9 @@ MLNT's mentor probabilities). At a million rows and a thousand classes one float
 float16 above (2 GB per table at 10⁹ elements). Updates are computed in float32 and rounded once
 on the way into the table; a running mean (rather than a running sum, whose float16 rounding
 would grow with the number of visits) keeps that rounding at the scale of the values, about
-5e-4 near 1. MSLG's soft-label table is not a mean: it accumulates small gradient steps, which
-float16 would round away, so it stays float32 (see :mod:`labelclean.methods.mslg`).
+5e-4 near 1. MSLG's soft-label table is not a mean: it accumulates gradient steps much smaller
+than its entries (K = 10), which round-to-nearest would drop; above the budget it is written
+with :func:`stochastic_round` instead, which is unbiased, so the steps survive in expectation.
 """
 
 from __future__ import annotations
@@ -21,6 +22,24 @@ FLOAT16_ABOVE = 100_000_000
 def table_dtype(num_samples: int, num_classes: int) -> torch.dtype:
     """The storage dtype of an ``(N, C)`` per-sample table."""
     return torch.float16 if num_samples * num_classes > FLOAT16_ABOVE else torch.float32
+
+
+def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+    """``x`` rounded to ``dtype`` up or down at random, with ``E[result] = x``.
+
+    Each value goes to the representable neighbour above with probability equal to its distance
+    from the one below, over the gap between them (deterministic given ``generator``).
+    """
+    x = x.float()
+    if dtype == torch.float32:
+        return x
+    near = x.to(dtype)
+    below = torch.where(near.float() > x, torch.nextafter(near, near.new_tensor(float("-inf"))), near)
+    above = torch.nextafter(below, below.new_tensor(float("inf")))
+    gap = (above.float() - below.float()).clamp_min(1e-30)
+    up = torch.rand(x.shape, generator=generator) < (x - below.float()) / gap
+    return torch.where(up, above, below)
 
 
 class RowMeans:
