@@ -97,7 +97,9 @@ class MSLG(MetaMethod):
         # β·∂L/∂yᵈ steps are small against K: a float16 table (above the budget of
         # labelclean.methods.state) is written with unbiased stochastic rounding.
         dtype = table_dtype(ctx.num_samples, ctx.num_classes)
-        self.table = k * F.one_hot(ctx.labels.cpu(), ctx.num_classes).to(dtype)
+        labels = ctx.labels.cpu()
+        self.table = torch.zeros(len(labels), ctx.num_classes, dtype=dtype)  # K·one-hot, no int64 copy
+        self.table[torch.arange(len(labels)), labels] = k
         alpha = float(self.options.alpha)
         self.beta = float(self.options.beta) * (ctx.batch_size * ctx.num_classes) / BETA_REFERENCE_BC * (BETA_REFERENCE_ALPHA / alpha)
 
