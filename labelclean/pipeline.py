@@ -344,6 +344,8 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
             "train_seconds": round(result.seconds, 3) if result else 0.0,
             "total_seconds": round(time.perf_counter() - started, 3),
             "train_images_per_second": round(result.images_per_second, 1) if result else 0.0,
+            "device": result.device if result else None,
+            "precision": result.precision if result else None,
             "stages": clock.stages,
         },
         "method_summary": {k: v for k, v in evidence.summary.items() if k != "notes"},

@@ -73,11 +73,13 @@ def test_bf16_autocast_runs_every_forward_pass_and_still_ranks(tiny, tmp_path, m
     monkeypatch.setattr(loop, "build_backbone", recording)
     result = audit(_config(tiny, tmp_path, method, precision="bf16"))
     assert dtypes == {torch.bfloat16}  # training, meta and final scoring passes alike
+    assert (result.summary["timings"]["device"], result.summary["timings"]["precision"]) == ("cpu", "bf16")
     s = result.scores[~result.scores["verified"]]
     assert auroc(s["suspicion"].to_numpy(), s["sample_id"].isin(tiny.flipped).to_numpy()) >= 0.8
     dtypes.clear()
-    audit(_config(tiny, tmp_path, method, out="fp32", precision="auto"))  # CPU: float32
+    plain = audit(_config(tiny, tmp_path, method, out="fp32", precision="auto"))  # CPU: float32
     assert dtypes == {torch.float32}
+    assert plain.summary["timings"]["precision"] == "fp32"
 
 
 @pytest.mark.parametrize("method", META)

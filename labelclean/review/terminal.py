@@ -72,7 +72,8 @@ def print_audit_summary(console: Console, result: AuditResult, top: int) -> None
         if len(rows):
             print_suspects(console, rows, title=f"top {len(rows)} suspects")
     t = s["timings"]
-    console.print(f"train {t['train_seconds']:.1f}s ({t['train_images_per_second']:.0f} img/s), "
+    where = f" on {t['device']}, {t['precision']}" if t.get("device") else ""
+    console.print(f"train {t['train_seconds']:.1f}s ({t['train_images_per_second']:.0f} img/s{where}), "
                   f"total {t['total_seconds']:.1f}s", highlight=False)
 
 

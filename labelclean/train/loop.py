@@ -44,6 +44,9 @@ class TrainResult:
     resumed_from_epoch: int
     #: The final model's class probabilities on un-augmented images, ``(N, C)``.
     final_probs: np.ndarray | None = None
+    #: Where it ran and the autocast dtype: "cpu"/"cuda", "fp32"/"bf16".
+    device: str = "cpu"
+    precision: str = "fp32"
 
     @property
     def images_per_second(self) -> float:
@@ -227,7 +230,8 @@ def train(
     model.eval()
     evidence = method.evidence()
     final = ctx.predict().numpy()
-    return TrainResult(model, evidence, config.epochs, ctx.step, seconds, seen, start_epoch, final)
+    return TrainResult(model, evidence, config.epochs, ctx.step, seconds, seen, start_epoch, final,
+                       device=device.type, precision="bf16" if amp == torch.bfloat16 else "fp32")
 
 
 def data_fingerprint(sample_ids: list[str], labels: torch.Tensor, verified: torch.Tensor) -> str:
