@@ -92,3 +92,26 @@ def test_float16_tables_still_rank_the_flips_and_resume(tiny, tmp_path, monkeypa
     assert auroc(s["suspicion"].to_numpy(), s["sample_id"].isin(tiny.flipped).to_numpy()) >= 0.9
     again = audit(_config(tiny, tmp_path, "auto", out="again"))
     pd.testing.assert_frame_equal(result.scores, again.scores)  # stochastic rounding is seeded
+
+
+def test_shards_of_an_epoch_merge_into_the_single_process_record():
+    """Two ranks train on disjoint shards of each epoch; merging their records gives one
+    process's record (the multi-GPU step changes the loop, not the methods)."""
+    from labelclean.train.loop import epoch_order
+
+    n, c = 50, 4
+    batches = _visits(n=n, c=c, visits=5)
+    single, ranks = RowMeans(n, c), [RowMeans(n, c), RowMeans(n, c)]
+    for epoch, p in enumerate(batches):
+        full = epoch_order(n, None, torch.Generator().manual_seed(epoch))
+        shards = [epoch_order(n, None, torch.Generator().manual_seed(epoch), rank, 2) for rank in (0, 1)]
+        assert sorted(torch.cat(shards).tolist()) == list(range(n))  # disjoint, complete
+        assert torch.equal(shards[1], full[1::2])
+        single.add(full, p[full])
+        for record, rows in zip(ranks, shards):
+            record.add(rows, p[rows])
+    ranks[0].merge(ranks[1])
+    assert torch.equal(ranks[0].count, single.count)
+    assert torch.allclose(ranks[0].mean(), single.mean(), atol=1e-6)
+    pool = torch.tensor([3, 9, 27])
+    assert sorted(epoch_order(n, pool, torch.Generator().manual_seed(0)).tolist()) == [3, 9, 27]

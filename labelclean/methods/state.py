@@ -71,6 +71,15 @@ class RowMeans:
                 fill[never] if isinstance(fill, torch.Tensor) else fill)
         return out
 
+    def merge(self, other: RowMeans) -> None:
+        """Fold in the means another process kept for the same rows over other visits
+        (a multi-GPU run's gather): the visit-weighted mean of the two, exact up to rounding."""
+        total = self.count + other.count
+        w = (other.count / total.clamp_min(1)).float()[:, None]
+        mine = self.values.float()
+        self.values.copy_((mine + (other.values.float() - mine) * w).to(self.values.dtype))
+        self.count.copy_(total)
+
     @property
     def nbytes(self) -> int:
         return self.values.element_size() * self.values.nelement() + 8 * self.count.nelement()

@@ -78,6 +78,22 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def epoch_order(n: int, pool: torch.Tensor | None, generator: torch.Generator,
+                rank: int = 0, world: int = 1) -> torch.Tensor:
+    """The dataset rows one process trains on this epoch, in order: a permutation of ``pool``
+    (all ``n`` rows when ``None``) drawn from the shared ``generator``, then every ``world``-th
+    row from ``rank``.
+
+    This is the sampler. Every process of a multi-GPU run draws the same permutation (same
+    seed, same generator state) and keeps a disjoint shard of it, so the shards cover the epoch
+    once; methods only see dataset rows (``Batch.index``) and keep per-row state, which a
+    multi-process loop would merge at the end (:meth:`labelclean.methods.state.RowMeans.merge`).
+    """
+    order = torch.randperm(n, generator=generator) if pool is None else pool[
+        torch.randperm(len(pool), generator=generator)]
+    return order[rank::world]
+
+
 def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
     """Linear warm-up for ``warmup`` steps, then cosine decay from ``base`` to 0 at ``total``."""
     if warmup > 0 and step < warmup:
@@ -189,11 +205,7 @@ def train(
             ctx.epoch = epoch
             epoch_started, epoch_loss, epoch_steps, epoch_seen = time.perf_counter(), 0.0, 0, seen
             method.on_epoch_start(epoch)
-            pool = method.training_rows()
-            if pool is None:
-                order = torch.randperm(n, generator=generator)
-            else:
-                order = pool[torch.randperm(len(pool), generator=generator)]
+            order = epoch_order(n, method.training_rows(), generator)
             for s in range(max(1, len(order) // batch_size)):
                 rows = order[s * batch_size : (s + 1) * batch_size]
                 batch = Batch(
