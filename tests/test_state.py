@@ -115,3 +115,15 @@ def test_shards_of_an_epoch_merge_into_the_single_process_record():
     assert torch.allclose(ranks[0].mean(), single.mean(), atol=1e-6)
     pool = torch.tensor([3, 9, 27])
     assert sorted(epoch_order(n, pool, torch.Generator().manual_seed(0)).tolist()) == [3, 9, 27]
+
+
+def test_cuda_runs_use_deterministic_kernels_and_restore_the_settings():
+    from labelclean.train.loop import deterministic
+
+    cudnn = torch.backends.cudnn
+    before = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    with deterministic(torch.device("cpu")):
+        assert (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before
+    with deterministic(torch.device("cuda")):  # only flags: no CUDA device is needed
+        assert cudnn.deterministic and not cudnn.benchmark and torch.are_deterministic_algorithms_enabled()
+    assert (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled()) == before

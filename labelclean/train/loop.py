@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +79,28 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+@contextmanager
+def deterministic(device: torch.device) -> Iterator[None]:
+    """On CUDA, kernels that repeat given the seed: cuDNN's deterministic algorithms without
+    autotuning, deterministic PyTorch ops (a warning, not an error, where one has none) and
+    cuBLAS's fixed workspace. The previous settings come back afterwards. A no-op on a CPU,
+    where the ops used here already repeat."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    cudnn = torch.backends.cudnn
+    before = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+              torch.is_deterministic_algorithms_warn_only_enabled())
+    cudnn.deterministic, cudnn.benchmark = True, False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before[0], before[1]
+        torch.use_deterministic_algorithms(before[2], warn_only=before[3])
 
 
 def epoch_order(n: int, pool: torch.Tensor | None, generator: torch.Generator,
@@ -200,7 +225,7 @@ def train(
     started = time.perf_counter()
     seen = 0
     model.train()
-    with reporter.task(f"training ({method.name})", total - ctx.step) as advance:
+    with reporter.task(f"training ({method.name})", total - ctx.step) as advance, deterministic(device):
         for epoch in range(start_epoch, config.epochs):
             ctx.epoch = epoch
             epoch_started, epoch_loss, epoch_steps, epoch_seen = time.perf_counter(), 0.0, 0, seen
