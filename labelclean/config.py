@@ -46,6 +46,9 @@ class RunConfig:
     seed: int = 0
     strict: bool = False
     threshold: float | None = None
+    #: How many rows to flag: f1, the number with the highest expected F1; count, the expected
+    #: number of wrong labels (labelclean.scoring.decide).
+    flag_rule: str = "f1"
     #: Share of the verified dataset rows scored blind as the exam (labelclean.exam); 0: none.
     exam_share: float = 0.5
     #: Gates (exit 3 from the CLI): the noise rate's lower bound, or the flagged count, above.
@@ -111,6 +114,8 @@ class RunConfig:
              "--weights); a network trained from scratch is trained in full"),
             (not (self.features and self.pred_probs),
              "--features and --pred-probs: expected one of them, found both"),
+            (self.flag_rule in ("f1", "count"),
+             f"--flag-rule: expected f1 or count, found {self.flag_rule!r}"),
             (self.precision in ("auto", "fp32", "bf16"),
              f"--precision: expected auto, fp32 or bf16, found {self.precision!r}"),
             (

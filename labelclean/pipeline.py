@@ -306,7 +306,8 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     notes.extend(evidence.summary.get("notes", []))
 
     with clock.stage("score"):
-        scored = score(evidence, given, verified, samples.targets, config.threshold, exam, config.seed)
+        scored = score(evidence, given, verified, samples.targets, config.threshold, exam, config.seed,
+                       config.flag_rule)
         extra = dict(evidence.columns)
         if result is not None and final_probs is not None:  # the final model on un-augmented images
             extra["final_suspicion"] = 1.0 - final_probs[np.arange(len(targets)), targets]

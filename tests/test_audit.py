@@ -88,7 +88,7 @@ def test_outputs_keep_every_row_and_column_and_inputs_are_untouched(tiny, tmp_pa
     assert not scores.loc[scores["verified"], "is_suspect"].any()
     summary = json.loads((run / "summary.json").read_text())
     assert summary["skipped"] == 1 and summary["verified"] == 6
-    assert 0 < summary["threshold"] <= 1 and summary["threshold_method"] in ("mixture: estimated count", "mixture (no separation: nothing flagged)")
+    assert 0 < summary["threshold"] <= 1 and summary["threshold_method"] in ("mixture: estimated count, F1-optimal cut", "mixture (no separation: nothing flagged)")
     assert summary["flagged"] == int(scores["is_suspect"].sum())
     assert RunConfig.load(run / "config.json").epochs == 4
     t = pd.read_csv(run / "transition_matrix.csv", index_col=0)

@@ -73,7 +73,7 @@ def test_exam_rows_are_decided_blind_then_revealed_as_verified():
     exam = np.zeros(n, dtype=bool)
     exam[:100] = True
     scored = score(Evidence(suspicion, belief / belief.sum(1, keepdims=True)), given, verified,
-                   np.where(verified, truth, given), exam=exam, seed=1)
+                   np.where(verified, truth, given), exam=exam, seed=1, flag_rule="count")
     assert scored.exam is not None and len(scored.exam) == 100
     assert (scored.exam.truth == truth[:100]).all() and scored.exam.flagged.any()
     # Revealed: verified, never flagged or ranked, suggestion is the verified label.

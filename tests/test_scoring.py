@@ -10,6 +10,7 @@ from labelclean.scoring import (
     alternative,
     combine_members,
     decide,
+    f1_optimal_count,
     fit_mixture,
     rank_posteriors,
     ranks,
@@ -31,8 +32,8 @@ def _bimodal(n_clean=900, n_noisy=100, seed=0):
 def test_mixture_threshold_separates_two_populations_and_tracks_their_size():
     s, noisy = _bimodal()
     d = decide(s, np.ones(len(s), bool))
-    assert d.threshold_method == "mixture: estimated count"
-    assert d.is_suspect.sum() == round(d.posterior.sum())
+    assert d.threshold_method == "mixture: estimated count, F1-optimal cut"
+    assert abs(int(d.is_suspect.sum()) - round(d.posterior.sum())) <= 2  # sure posteriors: the count
     assert abs(int(d.is_suspect.sum()) - int(noisy.sum())) <= 5
     assert precision_recall_f1(d.is_suspect, noisy)["f1"] > 0.97
     assert d.relabel_threshold >= d.threshold
@@ -108,7 +109,7 @@ def test_crop_flip_is_a_per_sample_shift_or_mirror():
 def test_overlapping_components_flag_the_estimated_count_for_review_only():
     rng = np.random.default_rng(0)
     s = 1 / (1 + np.exp(-np.concatenate([rng.normal(0.0, 0.5, 800), rng.normal(0.3, 0.5, 200)])))
-    d = decide(s, np.ones(len(s), bool))
+    d = decide(s, np.ones(len(s), bool), flag_rule="count")
     expected = round(d.posterior.sum())
     assert d.posterior.max() < 0.5  # the situation under test: no sample is likelier wrong
     assert d.is_suspect.sum() == expected > 0
@@ -120,10 +121,49 @@ def test_flagged_count_is_the_estimate_for_a_method_posterior():
     rng = np.random.default_rng(1)
     post = rng.uniform(0, 1, 200) ** 3
     s = post + rng.normal(0, 0.01, 200)
-    d = decide(s, np.ones(200, bool), posterior=post)
+    d = decide(s, np.ones(200, bool), posterior=post, flag_rule="count")
     assert d.threshold_method == "members' calibrated posterior: estimated count"
     assert d.is_suspect.sum() == round(post.sum())
     assert s[d.is_suspect].min() >= s[~d.is_suspect].max()
+
+
+def test_f1_cut_is_the_count_when_posteriors_are_sure_and_more_when_they_are_weak():
+    sure = np.r_[np.ones(30), np.zeros(70)]
+    assert f1_optimal_count(sure, 30) == 30
+    assert f1_optimal_count(np.full(100, 0.3), 30) == 100  # every row still adds more than F1/2
+    assert f1_optimal_count(np.full(100, 0.3), 0) == 0
+
+
+def test_f1_cut_beats_the_count_in_expected_f1_on_weak_posteriors():
+    """Draw the truth from the posteriors many times: flagging the F1-optimal number finds a
+    higher mean F1 than flagging the expected count, and never a lower one on sure posteriors."""
+    rng = np.random.default_rng(0)
+    p = np.sort(rng.beta(0.6, 1.8, 2000))[::-1]  # weak: a long middle of uncertain rows
+    expected = round(p.sum())
+    k = f1_optimal_count(p, expected)
+    assert k > expected * 1.2
+
+    def mean_f1(top):
+        truth = rng.random((400, len(p))) < p
+        found = truth[:, :top].sum(1)
+        return float(np.mean(2 * found / (top + truth.sum(1))))
+
+    assert mean_f1(k) > mean_f1(expected) + 0.01
+    s = np.linspace(1, 0, 2000)
+    d_f1 = decide(s, np.ones(2000, bool), posterior=p, flag_rule="f1")
+    d_count = decide(s, np.ones(2000, bool), posterior=p, flag_rule="count")
+    assert d_f1.is_suspect.sum() == k and d_count.is_suspect.sum() == expected
+    assert d_f1.threshold_method.endswith("F1-optimal cut")
+    assert not (d_f1.relabel & ~d_count.relabel).any() or (p[d_f1.relabel] >= 0.9).all()
+
+
+def test_f1_cut_plans_for_the_exams_count():
+    """With an exam that sets the count, the posteriors are scaled to it before the cut."""
+    p = np.r_[np.full(50, 0.9), np.full(950, 0.05)]  # the model expects about 92
+    s = np.linspace(1, 0, 1000)
+    low = decide(s, np.ones(1000, bool), posterior=p, count=lambda e: (e, "model"))
+    high = decide(s, np.ones(1000, bool), posterior=p, count=lambda e: (300, "exam"))
+    assert high.is_suspect.sum() > low.is_suspect.sum()
 
 
 # -- the combination auto hands to scoring: calibration and votes ------------------------
