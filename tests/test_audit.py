@@ -63,6 +63,18 @@ def test_resume_with_other_settings_is_refused(tiny, tmp_path):
         audit(_config(tiny, tmp_path, epochs=1, lr=0.2, resume=True))
 
 
+def test_resume_from_a_checkpoint_of_another_version_is_refused_in_one_line(tiny, tmp_path):
+    import torch
+    audit(_config(tiny, tmp_path, epochs=1))
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=True)
+    late = state["method"]["dynamics"]["late"]
+    late["values"] = torch.zeros(len(late["count"]), 2)  # an older layout: a dense (N, C) table
+    torch.save(state, path)
+    with pytest.raises(ConfigError, match="does not fit this version of labelclean"):
+        audit(_config(tiny, tmp_path, epochs=1, resume=True))
+
+
 def test_outputs_keep_every_row_and_column_and_inputs_are_untouched(tiny, tmp_path):
     Image.new("RGB", (3, 3)).save(tiny.root / "cat" / "s000.png")  # still fine
     (tiny.root / "dog" / "s020.png").write_bytes(b"broken")  # one corrupt image of 48

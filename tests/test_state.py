@@ -3,6 +3,7 @@
 import torch
 
 from labelclean.methods import state as state_module
+from labelclean.methods.base import Dynamics
 from labelclean.methods.state import RowMeans, table_dtype
 
 
@@ -40,6 +41,28 @@ def test_rows_never_visited_get_the_fill():
     fill = torch.arange(12, dtype=torch.float32).view(4, 3)
     assert torch.equal(table.mean(fill=fill)[2], fill[2])
     assert torch.equal(table.mean(fill=fill)[3], torch.tensor([0, 0, 1.0]))
+
+
+def test_label_columns_equal_the_dense_means_gathered_without_a_dense_table():
+    n, c = 64, 10
+    labels = torch.randint(0, c, (n,), generator=torch.Generator().manual_seed(1))
+    dynamics = Dynamics(n, c, labels)
+    dense_late = RowMeans(n, c)
+    rows = torch.arange(n)
+    for i, p in enumerate(_visits(n, c, visits=20)):
+        visited = rows[: n - 4]  # the last four rows are never visited
+        late = i >= 10 and i % 3 != 0
+        dynamics.update(visited, p[: n - 4].log(), late=late)
+        if late:
+            dense_late.add(visited[: n - 8], p[: n - 8])  # rows 56-59: no late visit
+    expected_all = dynamics.mean().gather(1, labels.view(-1, 1))[:, 0]
+    assert torch.equal(dynamics.given(), expected_all)
+    assert torch.allclose(dynamics.given()[-4:], torch.full((4,), 1 / c))
+    expected_late = dense_late.mean(fill=dynamics.mean()).gather(1, labels.view(-1, 1))[:, 0]
+    # rows 56-59 had late visits in the record above but not in dense_late: compare the rest
+    assert torch.allclose(dynamics.late_given()[: n - 8], expected_late[: n - 8], atol=1e-6)
+    assert torch.equal(dynamics.late_given()[-4:], dynamics.given()[-4:])  # no late visit: fill
+    assert dynamics.late.values.shape == (n, 1)  # one column, not a second (N, C) table
 
 
 def test_auto_allocates_one_training_record_for_all_members(monkeypatch):

@@ -167,7 +167,7 @@ class Auto(MetaMethod):
         belief = np.mean([e.belief for e in parts.values()], axis=0)
         doubting = np.stack([e.belief.argmax(1) != labels for e in parts.values()])
         names = np.array(list(parts))
-        columns: dict[str, np.ndarray] = self.dynamics.columns(ctx.labels)
+        columns: dict[str, np.ndarray] = self.dynamics.columns()
         for e in parts.values():
             columns.update(e.columns)
         columns["agreement"] = doubting.mean(0)

@@ -204,19 +204,22 @@ class Dynamics:
       the Area Under the Margin Ranking"): the mean over visits of ``z[label] - max_{k != label}
       z[k]`` on the logits; a wrong label keeps a negative margin because the other samples of
       its true class pull it away;
-    * the **late-phase** mean probabilities: visits in the second half of training only, when
-      the early, near-uniform epochs no longer dilute the belief.
+    * the **late-phase** mean probability of the label: visits in the second half of training
+      only, when the early, near-uniform epochs no longer dilute the belief. Only the label's
+      probability is kept (the mean of a gathered entry is the gathered mean, so this is exact):
+      one ``(N,)`` column instead of a second ``(N, C)`` table, 2 GB at a million rows and a
+      thousand classes.
     """
 
     #: Fraction of training after which visits count as late-phase.
     LATE_FROM = 0.5
 
-    def __init__(self, num_samples: int, num_classes: int, labels: torch.Tensor | None = None) -> None:
+    def __init__(self, num_samples: int, num_classes: int, labels: torch.Tensor) -> None:
         # Means, not sums: bounded tables (labelclean.methods.state) at a million rows.
         self.all = RowMeans(num_samples, num_classes)
-        self.late = RowMeans(num_samples, num_classes)
+        self.late = RowMeans(num_samples, 1, dtype=torch.float32)  # p(label) only
         self.margin_sum = torch.zeros(num_samples, dtype=torch.float64)
-        self.labels = None if labels is None else labels.detach().cpu().long()
+        self.labels = labels.detach().cpu().long()
 
     @property
     def count(self) -> torch.Tensor:
@@ -227,31 +230,35 @@ class Dynamics:
         rows = rows.cpu()
         z = logits.detach().float()
         probs = z.softmax(1)
+        labels = self.labels[rows].to(z.device)
         self.all.add(rows, probs)
         if late:
-            self.late.add(rows, probs)
-        if self.labels is not None:
-            self.margin_sum.index_add_(0, rows, aum_margin(z, self.labels[rows].to(z.device)).double().cpu())
+            self.late.add(rows, probs.gather(1, labels.view(-1, 1)))
+        self.margin_sum.index_add_(0, rows, aum_margin(z, labels).double().cpu())
 
     def mean(self) -> torch.Tensor:
         """``(N, C)`` mean probabilities (float32); uniform for rows never visited."""
         return self.all.mean()
 
-    def late_mean(self) -> torch.Tensor:
-        """``(N, C)`` mean probabilities over late-phase visits (all visits where there were none)."""
-        return self.late.mean(fill=self.mean())
+    def given(self) -> torch.Tensor:
+        """``(N,)`` mean probability of the label over all visits (``1/C`` where never visited),
+        read from the table without a dense copy."""
+        return self.all.gather(self.labels)
+
+    def late_given(self) -> torch.Tensor:
+        """``(N,)`` mean probability of the label over late-phase visits (over all visits where
+        there were none)."""
+        return self.late.mean(fill=self.given()[:, None])[:, 0]
 
     def aum(self) -> torch.Tensor:
         """``(N,)`` area under the margin (mean logit margin of the label); 0 where never visited."""
         return self.margin_sum / self.count.clamp_min(1)
 
-    def columns(self, labels: torch.Tensor) -> dict[str, np.ndarray]:
+    def columns(self) -> dict[str, np.ndarray]:
         """The training-dynamics evidence as score columns (higher = more suspicious)."""
-        out = {"ce_suspicion": belief_suspicion(self.mean(), labels),
-               "late_suspicion": belief_suspicion(self.late_mean(), labels)}
-        if self.labels is not None:
-            out["aum"] = self.aum().numpy()
-        return out
+        return {"ce_suspicion": (1.0 - self.given()).clamp(0.0, 1.0).double().numpy(),
+                "late_suspicion": (1.0 - self.late_given()).clamp(0.0, 1.0).double().numpy(),
+                "aum": self.aum().numpy()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"all": self.all.state_dict(), "late": self.late.state_dict(),

@@ -36,7 +36,7 @@ class CrossEntropy(Method):
     def evidence(self) -> Evidence:
         belief = self.dynamics.mean()
         suspicion = belief_suspicion(belief, self.context.labels)
-        return Evidence(suspicion, belief.numpy(), self.dynamics.columns(self.context.labels))
+        return Evidence(suspicion, belief.numpy(), self.dynamics.columns())
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "dynamics": self.dynamics.state_dict()}

@@ -71,6 +71,13 @@ class RowMeans:
                 fill[never] if isinstance(fill, torch.Tensor) else fill)
         return out
 
+    def gather(self, cols: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` float32: each row's mean at column ``cols[i]`` (``1/C`` where never visited),
+        without a dense float32 copy of the table."""
+        out = self.values.gather(1, cols.view(-1, 1).long()).float()[:, 0]
+        out[self.count == 0] = 1.0 / self.values.shape[1]
+        return out
+
     def merge(self, other: RowMeans) -> None:
         """Fold in the means another process kept for the same rows over other visits
         (a multi-GPU run's gather): the visit-weighted mean of the two, exact up to rounding."""

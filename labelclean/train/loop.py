@@ -331,8 +331,12 @@ def _load_checkpoint(
             f"{path}: the labels, the trusted set or the samples changed since this checkpoint; "
             "resuming would mix evidence from both versions: start a new run (--overwrite)"
         )
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    method.load_state_dict(state["method"])
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError, ValueError) as exc:  # state of another labelclean version
+        raise ConfigError(f"{path}: the checkpoint's state does not fit this version of labelclean "
+                          f"({type(exc).__name__}); start a new run (--overwrite)") from None
     generator.set_state(state["generator"])
     return int(state["epoch"]), int(state["step"])
