@@ -1,12 +1,16 @@
 """Memory of each method's per-sample state at a million rows, by number of classes.
 
     python benchmarks/state_memory.py [--rows 1000000] [--classes 10 1000] [--methods ce auto ...]
+        [--through-scoring]
 
 For each method and class count, a child process builds the method on a tiny network and an
 ``N``-row context (no images, no training: the state is allocated in ``setup`` and keeps its
 size), then reports the bytes held in tensors with one row per sample (each tensor counted
 once) and the process's peak resident memory above its baseline (``ru_maxrss``; this also
-counts what ``setup`` allocated and let go). Run it against another checkout with
+counts what ``setup`` allocated and let go). With ``--through-scoring`` the child then draws
+the method's evidence from that (untrained) state and decides every row with
+:func:`labelclean.scoring.score`, and reports the peak after each: the memory of an audit's
+last stages, where the per-sample tables meet the dense beliefs. Run it against another checkout with
 ``PYTHONPATH=/that/checkout`` to compare versions. Synthetic; nothing is learned from data.
 Results go to docs/benchmarks.md (section ``state_memory``).
 """
@@ -43,7 +47,7 @@ def _held_bytes(obj: object, rows: int, seen: set[int], depth: int = 0) -> int:
     return 0
 
 
-def child(method: str, rows: int, classes: int) -> dict:
+def child(method: str, rows: int, classes: int, through_scoring: bool = False) -> dict:
     import torch
 
     from labelclean.config import RunConfig
@@ -67,7 +71,16 @@ def child(method: str, rows: int, classes: int) -> dict:
     m.setup(ctx)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     held = _held_bytes(m, rows, {labels.untyped_storage().data_ptr(), verified.untyped_storage().data_ptr()})
-    return {"held_gib": round(held / 2**30, 3), "peak_above_baseline_gib": round((peak - base) / 2**20, 3)}
+    out = {"held_gib": round(held / 2**30, 3), "peak_above_baseline_gib": round((peak - base) / 2**20, 3)}
+    if through_scoring:
+        from labelclean.scoring import score
+
+        evidence = m.evidence()
+        out["evidence_peak_gib"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20, 3)
+        given = labels.numpy()
+        score(evidence, given, verified.numpy(), given)
+        out["score_peak_gib"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20, 3)
+    return out
 
 
 def main() -> None:
@@ -77,17 +90,20 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=["ce", "mlc", "mslg", "ieg", "mlnt", "auto"])
     parser.add_argument("--label", default="this version")
     parser.add_argument("--section", default="state_memory")
-    parser.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--through-scoring", action="store_true",
+                        help="also draw the evidence and score every row; report the peaks")
+    parser.add_argument("--child", nargs=4, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--merge", type=Path, default=None, help="add to this saved raw JSON")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], int(args.child[1]), int(args.child[2]))))
+        print(json.dumps(child(args.child[0], int(args.child[1]), int(args.child[2]), args.child[3] == "1")))
         return
     raw = json.loads(args.merge.read_text()) if args.merge else {"runs": {}}
     raw.update({"command": command(), "machine": machine(), "rows": args.rows})
     for c in args.classes:
         for name in args.methods:
-            proc = subprocess.run([sys.executable, __file__, "--child", name, str(args.rows), str(c)],
+            proc = subprocess.run([sys.executable, __file__, "--child", name, str(args.rows), str(c),
+                                   "1" if args.through_scoring else "0"],
                                   capture_output=True, text=True, env=os.environ)
             result = (json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0
                       else {"error": (proc.stderr.strip().splitlines() or ["killed"])[-1][:200]})
@@ -110,6 +126,18 @@ def render(raw: dict) -> str:
                                                                    for m in methods)]
             lines.append(f"| {label} | {int(c):,} | " + " | ".join(cells) + " |")
     lines += ["", "Each cell: held / peak above baseline."]
+    scored = [(label, c, by_m) for label, by_c in raw["runs"].items() for c, by_m in by_c.items()
+              if any("score_peak_gib" in r for r in by_m.values())]
+    if scored:
+        lines += ["", "Through scoring (`--through-scoring`): the evidence drawn from that state and every "
+                  "row decided by `labelclean.scoring.score`; peak resident memory above the baseline "
+                  "after the evidence / after scoring.", "",
+                  "| version | classes | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
+        for label, c, by_m in scored:
+            cells = [(f"{r['evidence_peak_gib']:.2f} / {r['score_peak_gib']:.2f} GiB" if "score_peak_gib" in r
+                      else ("failed: " + r.get("error", "not run")[:40]))
+                     for r in (by_m.get(m, {"error": "not run"}) for m in methods)]
+            lines.append(f"| {label} | {int(c):,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
