@@ -56,6 +56,8 @@ ALTERNATIVE_SHARE = 0.5
 #: whose calibrated posteriors saturate at 0 or 1.
 TIE_BREAK_WEIGHT = 0.001
 _EPS = 1e-4
+#: Rows per chunk where a dense ``(N, C)`` belief is read (see :func:`alternative`).
+CHUNK_ROWS = 65_536
 _MIN_MIXTURE_SAMPLES = 4
 
 
@@ -97,8 +99,8 @@ class Evidence:
 def probs_evidence(probs: np.ndarray, labels: np.ndarray) -> Evidence:
     """Evidence from a user's out-of-sample predicted probabilities (``--pred-probs``):
     ``suspicion = 1 − p(given)``, the belief is the probabilities themselves."""
-    probs = np.asarray(probs, dtype=np.float64)
-    suspicion = np.clip(1.0 - probs[np.arange(len(labels)), labels], 0.0, 1.0)
+    probs = np.asarray(probs, dtype=np.float32)
+    suspicion = np.clip(1.0 - probs[np.arange(len(labels)), labels].astype(np.float64), 0.0, 1.0)
     return Evidence(suspicion, probs, {"pred_probs_suspicion": suspicion},
                     summary={"source": "pred-probs"})
 
@@ -245,13 +247,21 @@ class Decision:
 def alternative(belief: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The most likely class other than the given one, and its share of the belief off it.
 
-    ``belief`` is ``(N, C)``; returns ``(alt (N,), share (N,) in [0, 1])``.
+    ``belief`` is ``(N, C)``; returns ``(alt (N,), share (N,) in [0, 1])``. Works
+    :data:`CHUNK_ROWS` rows at a time in float64, so the only dense table is the caller's (a float64 copy of the
+    whole belief is 8 GB at a million rows and a thousand classes).
     """
-    off = np.asarray(belief, dtype=np.float64).copy()
-    off[np.arange(len(given)), given] = 0.0
-    alt = off.argmax(1)
-    total = off.sum(1)
-    share = np.divide(off[np.arange(len(alt)), alt], total, out=np.zeros(len(alt)), where=total > 0)
+    n, chunk = len(given), CHUNK_ROWS
+    alt = np.zeros(n, dtype=np.int64)
+    share = np.zeros(n)
+    for i in range(0, n, chunk):
+        off = np.array(belief[i:i + chunk], dtype=np.float64)
+        rows = np.arange(len(off))
+        off[rows, given[i:i + chunk]] = 0.0
+        a = off.argmax(1)
+        total = off.sum(1)
+        alt[i:i + chunk] = a
+        share[i:i + chunk] = np.divide(off[rows, a], total, out=np.zeros(len(a)), where=total > 0)
     return alt, share
 
 
@@ -423,7 +433,7 @@ def score(
     reveal = verified & exam
     verified = verified & ~exam  # decided blind; revealed below
     free = ~verified
-    belief = np.asarray(evidence.belief, dtype=np.float64)
+    belief = np.asarray(evidence.belief)  # (N, C), any float dtype: never copied here
     suspicion = np.asarray(evidence.suspicion, dtype=np.float64).copy()
     columns: dict[str, np.ndarray] = {}
     posterior = strong = None

@@ -363,3 +363,50 @@ def test_ieg_relabels_flipped_rows_more_often_than_clean_ones(monkeypatch, meta_
         assert gap > 0.1, gap
     else:
         assert abs(gap) < 1e-9, gap
+
+
+# -- evidence built in place, one dense table at a time, equals the plain formulas ----------
+
+def _reference_belief(name, m):
+    """The method's belief by its formula, with dense temporaries (as before it was bounded)."""
+    dynamics = m.dynamics.mean()
+    labels = m.context.labels
+    if name == "mslg":
+        return 0.5 * (m.soft_labels() + dynamics)
+    if name == "ieg":
+        p = m.pseudo.mean(fill=dynamics)
+        return p / p.sum(1, keepdim=True)
+    if name == "mlnt":
+        teacher = m._predict(m.teacher, lambda net, x: net(x).softmax(1)).double()
+        return (teacher + m.mentor_probs.double() + dynamics.double()) / 3.0
+    t = m.transition().cpu().double()  # mlc, persistent
+    joint = dynamics.double() * t[:, labels].T
+    return joint / joint.sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("name", META)
+def test_each_method_builds_its_belief_in_place_as_its_formula_says(name, monkeypatch):
+    import labelclean.methods.state as state
+
+    m, steps, _, _ = _flip_context(name)
+    steps(6)
+    monkeypatch.setattr(state, "CHUNK_ROWS", 5)  # several chunks and a ragged last one
+    monkeypatch.setattr(state, "SAVED_TABLE_MAX", 0)  # the soft labels are not kept above it
+    expected = _reference_belief(name, m)
+    evidence = m.evidence()
+    assert evidence.belief.dtype == np.float32
+    assert np.allclose(evidence.belief, expected.numpy(), atol=1e-5)
+    assert np.allclose(evidence.belief.sum(1), 1.0, atol=1e-4)
+    if name == "mslg":
+        assert not evidence.arrays and evidence.summary["soft_labels_written"] is False
+
+
+def test_auto_belief_is_the_mean_of_its_members_beliefs():
+    m, steps, _, _ = _flip_context("auto")
+    steps(6)
+    members = [member.evidence().belief for member in m.members.values()]
+    evidence = m.evidence()
+    assert np.allclose(evidence.belief, np.mean(members, axis=0), atol=1e-6)
+    labels = m.context.labels.numpy()
+    doubting = np.stack([b.argmax(1) != labels for b in members])
+    assert np.allclose(evidence.columns["agreement"], doubting.mean(0))

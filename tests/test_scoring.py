@@ -68,6 +68,24 @@ def test_alternative_is_the_best_other_class_with_its_share():
     assert np.allclose(share, [0.75, 0.5, 0.5])
 
 
+def test_alternative_reads_the_belief_in_chunks_without_changing_it(monkeypatch):
+    import labelclean.scoring as scoring
+
+    rng = np.random.default_rng(0)
+    belief = rng.dirichlet(np.ones(7), size=50).astype(np.float32)
+    given = rng.integers(0, 7, 50)
+    before = belief.copy()
+    whole = alternative(belief, given)
+    monkeypatch.setattr(scoring, "CHUNK_ROWS", 6)
+    chunked = alternative(belief, given)
+    assert np.array_equal(whole[0], chunked[0]) and np.allclose(whole[1], chunked[1])
+    assert np.array_equal(belief, before)  # the caller's table is never written
+    off = belief.astype(np.float64)
+    off[np.arange(50), given] = 0
+    assert np.array_equal(chunked[0], off.argmax(1))
+    assert np.allclose(chunked[1], off.max(1) / off.sum(1))
+
+
 def test_transition_rows_sum_to_one_and_empty_rows_are_identity():
     t = transition_from_labels(np.array([0, 0, 0, 1]), np.array([0, 1, 1, 1]), 3)
     assert np.allclose(t, [[1 / 3, 2 / 3, 0], [0, 1, 0], [0, 0, 1]])

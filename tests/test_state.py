@@ -41,6 +41,14 @@ def test_rows_never_visited_get_the_fill():
     fill = torch.arange(12, dtype=torch.float32).view(4, 3)
     assert torch.equal(table.mean(fill=fill)[2], fill[2])
     assert torch.equal(table.mean(fill=fill)[3], torch.tensor([0, 0, 1.0]))
+    table.mean().add_(1.0)  # the means are a copy: callers build beliefs on them in place
+    table.mean(rows=slice(1, 3)).mul_(0.0)
+    assert torch.equal(table.values[1], torch.tensor([1.0, 0, 0]))
+    other = RowMeans(4, 3)
+    other.add(torch.tensor([0, 2]), torch.tensor([[0, 1.0, 0], [0, 0.5, 0.5]]))
+    assert torch.equal(table.mean(fill=other)[2], torch.tensor([0, 0.5, 0.5]))  # read, not copied
+    out = torch.ones(4, 3)
+    assert torch.allclose(table.add_mean_to(out), 1.0 + table.mean())
 
 
 def test_label_columns_equal_the_dense_means_gathered_without_a_dense_table():

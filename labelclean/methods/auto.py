@@ -162,25 +162,38 @@ class Auto(MetaMethod):
     def evidence(self) -> Evidence:
         ctx = self.context
         labels = ctx.labels.cpu().numpy()
-        parts = {name: m.evidence() for name, m in self.members.items()}
-        raw = np.mean([e.suspicion for e in parts.values()], axis=0)
-        belief = np.mean([e.belief for e in parts.values()], axis=0)
-        doubting = np.stack([e.belief.argmax(1) != labels for e in parts.values()])
-        names = np.array(list(parts))
         columns: dict[str, np.ndarray] = self.dynamics.columns()
-        for e in parts.values():
+        suspicions: dict[str, np.ndarray] = {}
+        doubting: list[np.ndarray] = []
+        arrays: dict[str, np.ndarray] = {}
+        summaries: dict[str, dict[str, Any]] = {}
+        transition = None
+        belief: np.ndarray | None = None
+        for name, m in self.members.items():  # one member's dense belief in memory at a time
+            e = m.evidence()
+            doubting.append(e.belief.argmax(1) != labels)
+            if belief is None:
+                belief = np.asarray(e.belief, dtype=np.float32)
+            else:
+                belief += e.belief
+            suspicions[name] = e.suspicion
             columns.update(e.columns)
-        columns["agreement"] = doubting.mean(0)
-        columns["doubted_by"] = np.array([",".join(names[doubting[:, i]]) for i in range(len(labels))],
+            arrays.update(e.arrays)
+            transition = e.transition if transition is None else transition
+            summaries[name] = {k: v for k, v in e.summary.items() if k != "notes"}
+            del e
+        assert belief is not None
+        belief /= len(suspicions)
+        raw = np.mean(list(suspicions.values()), axis=0)
+        doubted = np.stack(doubting)
+        names = np.array(list(suspicions))
+        columns["agreement"] = doubted.mean(0)
+        columns["doubted_by"] = np.array([",".join(names[doubted[:, i]]) for i in range(len(labels))],
                                          dtype=object)
-        arrays = {k: v for e in parts.values() for k, v in e.arrays.items()}
-        transition = next((e.transition for e in parts.values() if e.transition is not None), None)
-        summary = {**self.base_summary(), "members": list(parts),
-                   "member_summaries": {n: {k: v for k, v in e.summary.items() if k != "notes"}
-                                        for n, e in parts.items()}}
+        summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries}
         rank_by = columns["late_suspicion"] if self.options.rank == "late" else None
-        return Evidence(raw, belief, columns, transition, summary, arrays,
-                        members={n: e.suspicion for n, e in parts.items()}, rank_by=rank_by)
+        return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,
+                        rank_by=rank_by)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(),

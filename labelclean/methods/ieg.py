@@ -240,8 +240,8 @@ class IEG(MetaMethod):
         visits = self.visits.clamp_min(1)
         relabel_rate = self.relabelled / visits
         isolated_rate = self.isolated / visits
-        pseudo = self.pseudo.mean(fill=self.dynamics.mean())
-        pseudo = pseudo / pseudo.sum(1, keepdim=True)
+        pseudo = self.pseudo.mean(fill=self.dynamics.all)
+        pseudo /= pseudo.sum(1, keepdim=True)
         off_given = belief_suspicion(pseudo, labels)
         suspicion = ((relabel_rate + isolated_rate).numpy() + off_given) / 3.0
         columns = {

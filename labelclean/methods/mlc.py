@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from labelclean.methods import state
 from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import meta_gradient
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
@@ -31,10 +32,19 @@ def logit_corrected_ce(logits: Tensor, transition: Tensor, labels: Tensor) -> Te
     return F.cross_entropy(logits @ transition, labels)
 
 
-def posterior_given_noisy(probs: Tensor, transition: Tensor, labels: Tensor) -> Tensor:
-    """``π_ik = f_ik T_{k,ỹ_i} / Σ_j f_ij T_{j,ỹ_i}``: ``(N, C)``, the true class given T."""
-    joint = probs * transition[:, labels].T
-    return joint / joint.sum(1, keepdim=True).clamp_min(1e-12)
+def posterior_given_noisy(probs: Tensor, transition: Tensor, labels: Tensor, out: Tensor | None = None
+                          ) -> Tensor:
+    """``π_ik = f_ik T_{k,ỹ_i} / Σ_j f_ij T_{j,ỹ_i}``: ``(N, C)``, the true class given T.
+
+    Computed :data:`~labelclean.methods.state.CHUNK_ROWS` rows at a time into ``out`` (a new
+    tensor by default; ``probs`` itself to work in place), so no other ``(N, C)`` temporary
+    exists."""
+    out = torch.empty_like(probs) if out is None else out
+    chunk = state.CHUNK_ROWS
+    for i in range(0, len(probs), chunk):
+        joint = probs[i:i + chunk] * transition[:, labels[i:i + chunk]].T
+        out[i:i + chunk] = joint / joint.sum(1, keepdim=True).clamp_min(1e-12)
+    return out
 
 
 def normalise_columns(t: Tensor) -> Tensor:
@@ -147,10 +157,10 @@ class MLC(MetaMethod):
 
     def evidence(self) -> Evidence:
         ctx = self.context
-        t = self.transition().cpu().double()
+        t = self.transition().cpu().float()
         probs = self.dynamics.mean()
         if self.options.mode == "persistent":
-            belief = posterior_given_noisy(probs, t, ctx.labels.cpu())
+            belief = posterior_given_noisy(probs, t, ctx.labels.cpu(), out=probs)
         else:
             # The per-step T of the official code is a one-step correction near I, not a
             # global noise model; with T = I the posterior is the model's own prediction.

@@ -279,15 +279,15 @@ class MLNT(MetaMethod):
     def evidence(self) -> Evidence:
         ctx = self.context
         labels = ctx.labels.cpu()
-        teacher = self._predict(self.teacher, lambda net, x: net(x).softmax(1)).double()
-        dynamics = self.dynamics.mean()
-        belief = (teacher + self.mentor_probs.double() + dynamics.double()) / 3.0
-        suspicion = belief_suspicion(belief, labels)
-        columns = {
-            "mlnt_suspicion": suspicion,
-            "mlnt_teacher_p_given": teacher.gather(1, labels.view(-1, 1)).squeeze(1).numpy(),
-            "mlnt_mentor_p_given": self.mentor_probs.double().gather(1, labels.view(-1, 1)).squeeze(1).numpy(),
+        belief = self._predict(self.teacher, lambda net, x: net(x).softmax(1)).float()
+        columns = {  # the teacher's and mentor's p(label), then the belief built in place
+            "mlnt_teacher_p_given": belief.gather(1, labels.view(-1, 1)).squeeze(1).double().numpy(),
+            "mlnt_mentor_p_given": self.mentor_probs.gather(1, labels.view(-1, 1)).squeeze(1).double().numpy(),
         }
+        belief += self.mentor_probs
+        belief = self.dynamics.all.add_mean_to(belief).div_(3.0)  # (teacher + mentor + dynamics) / 3
+        suspicion = belief_suspicion(belief, labels)
+        columns = {"mlnt_suspicion": suspicion, **columns}
         summary = {**self.base_summary(), "iterations_run": self.iteration + 1,
                    "knn_seconds": round(self.knn_seconds, 3)}
         return Evidence(suspicion, belief.numpy(), columns, summary=summary)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -22,7 +21,7 @@ from labelclean.methods.functional import (
 )
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import check
-from labelclean.methods.state import stochastic_round, table_dtype
+from labelclean.methods.state import saved_table, stochastic_round, table_dtype
 
 
 def kl_mean(logits: Tensor, soft: Tensor) -> Tensor:
@@ -137,13 +136,16 @@ class MSLG(MetaMethod):
     def evidence(self) -> Evidence:
         soft = self.soft_labels()
         labels = self.context.labels.cpu()
-        belief = 0.5 * (soft + self.dynamics.mean())
-        suspicion = belief_suspicion(belief, labels)
         off_given = belief_suspicion(soft, labels)
+        arrays = {}
+        if saved_table(soft.shape):
+            arrays["mslg_soft_labels"] = soft.numpy().copy()
+        belief = self.dynamics.all.add_mean_to(soft).mul_(0.5)  # in place: (soft + dynamics) / 2
+        suspicion = belief_suspicion(belief, labels)
         return Evidence(suspicion, belief.numpy(),
                         {"mslg_suspicion": suspicion, "mslg_soft_off_given": off_given},
-                        summary=self.base_summary(),
-                        arrays={"mslg_soft_labels": soft.numpy().astype(np.float32)})
+                        summary={**self.base_summary(), "soft_labels_written": bool(arrays)},
+                        arrays=arrays)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "table": self.table.clone()}

@@ -19,6 +19,20 @@ import torch
 FLOAT16_ABOVE = 100_000_000
 
 
+#: Rows per chunk where an ``(N, C)`` table is combined with another without a dense temporary.
+CHUNK_ROWS = 65_536
+
+#: Per-class tables (``Evidence.arrays``, e.g. MSLG's soft labels) with more cells than this are
+#: not written to the run folder: at a million rows and a thousand classes one would be a 4 GB
+#: file and a second dense copy in memory; the scores keep each row's suspicion and suggestion.
+SAVED_TABLE_MAX = FLOAT16_ABOVE
+
+
+def saved_table(shape: tuple[int, ...] | torch.Size) -> bool:
+    """Whether an ``(N, C)`` per-class table of this shape is written to the run folder."""
+    return shape[0] * shape[1] <= SAVED_TABLE_MAX
+
+
 def table_dtype(num_samples: int, num_classes: int) -> torch.dtype:
     """The storage dtype of an ``(N, C)`` per-sample table."""
     return torch.float16 if num_samples * num_classes > FLOAT16_ABOVE else torch.float32
@@ -62,13 +76,27 @@ class RowMeans:
         old = self.values[rows].float()
         self.values[rows] = (old + (values.detach().float().cpu() - old) / k).to(self.values.dtype)
 
-    def mean(self, fill: torch.Tensor | float | None = None) -> torch.Tensor:
-        """``(N, C)`` float32 means; rows never visited get ``fill`` (default: uniform)."""
-        out = self.values.float()
-        never = self.count == 0
+    def mean(self, fill: torch.Tensor | float | RowMeans | None = None, rows: slice | None = None
+             ) -> torch.Tensor:
+        """``(N, C)`` float32 means, or those of ``rows`` only; rows never visited get ``fill``
+        (default: uniform; a ``RowMeans``: its means of those rows, read without a dense copy)."""
+        rows = slice(None) if rows is None else rows
+        out = self.values[rows].to(torch.float32, copy=True)  # never a view of the table
+        never = self.count[rows] == 0
         if never.any():
-            out[never] = (1.0 / out.shape[1]) if fill is None else (
-                fill[never] if isinstance(fill, torch.Tensor) else fill)
+            if isinstance(fill, RowMeans):
+                out[never] = fill.mean(rows=rows)[never]
+            elif isinstance(fill, torch.Tensor):
+                out[never] = fill[rows][never]
+            else:
+                out[never] = (1.0 / out.shape[1]) if fill is None else fill
+        return out
+
+    def add_mean_to(self, out: torch.Tensor) -> torch.Tensor:
+        """``out += mean()`` in place, :data:`CHUNK_ROWS` rows at a time (no dense float32 copy)."""
+        chunk = CHUNK_ROWS
+        for i in range(0, len(out), chunk):
+            out[i:i + chunk] += self.mean(rows=slice(i, i + chunk))
         return out
 
     def gather(self, cols: torch.Tensor) -> torch.Tensor:
