@@ -196,12 +196,13 @@ def _predict(model: torch.nn.Module, pixels: torch.Tensor, fit_pixels: torch.Ten
     from labelclean.train.loop import _normalisation
 
     mean, std = _normalisation(model, fit_pixels)  # type: ignore[arg-type]
+    device = next(model.parameters()).device  # the model trained where --device auto put it
     model.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(pixels), 512):
-            x = pixels[i:i + 512].float().div(255).sub(mean).div(std)
-            out.append(model(x).softmax(1).double().numpy())
+            x = pixels[i:i + 512].float().div(255).sub(mean).div(std).to(device)
+            out.append(model(x).softmax(1).double().cpu().numpy())
     return np.concatenate(out)
 
 

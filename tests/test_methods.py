@@ -71,13 +71,13 @@ def test_bf16_autocast_runs_every_forward_pass_and_still_ranks(tiny, tmp_path, m
         return model
 
     monkeypatch.setattr(loop, "build_backbone", recording)
-    result = audit(_config(tiny, tmp_path, method, precision="bf16"))
+    result = audit(_config(tiny, tmp_path, method, precision="bf16", device="cpu"))
     assert dtypes == {torch.bfloat16}  # training, meta and final scoring passes alike
     assert (result.summary["timings"]["device"], result.summary["timings"]["precision"]) == ("cpu", "bf16")
     s = result.scores[~result.scores["verified"]]
     assert auroc(s["suspicion"].to_numpy(), s["sample_id"].isin(tiny.flipped).to_numpy()) >= 0.8
     dtypes.clear()
-    plain = audit(_config(tiny, tmp_path, method, out="fp32", precision="auto"))  # CPU: float32
+    plain = audit(_config(tiny, tmp_path, method, out="fp32", precision="auto", device="cpu"))  # float32
     assert dtypes == {torch.float32}
     assert plain.summary["timings"]["precision"] == "fp32"
 
@@ -399,6 +399,7 @@ def test_each_method_builds_its_belief_in_place_as_its_formula_says(name, monkey
     assert np.allclose(evidence.belief.sum(1), 1.0, atol=1e-4)
     if name == "mslg":
         assert not evidence.arrays and evidence.summary["soft_labels_written"] is False
+        assert torch.allclose(m.soft_labels(), m.table.float().softmax(1))  # by chunks
 
 
 def test_auto_belief_is_the_mean_of_its_members_beliefs():
