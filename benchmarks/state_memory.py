@@ -8,7 +8,8 @@ For each method and class count, a child process builds the method on a tiny net
 size), then reports the bytes held in tensors with one row per sample (each tensor counted
 once) and the process's peak resident memory above its baseline (``ru_maxrss``; this also
 counts what ``setup`` allocated and let go). With ``--through-scoring`` the child then draws
-the method's evidence from that (untrained) state and decides every row with
+the method's evidence from that state (every row marked visited once, as after training) and
+decides every row with
 :func:`labelclean.scoring.score`, and reports the peak after each: the memory of an audit's
 last stages, where the per-sample tables meet the dense beliefs. Run it against another checkout with
 ``PYTHONPATH=/that/checkout`` to compare versions. Synthetic; nothing is learned from data.
@@ -47,6 +48,18 @@ def _held_bytes(obj: object, rows: int, seen: set[int], depth: int = 0) -> int:
     return 0
 
 
+def _row_means(obj: object, depth: int = 0) -> list:
+    """The running-mean tables a method holds (its own and its members')."""
+    from labelclean.methods.state import RowMeans
+
+    if isinstance(obj, RowMeans):
+        return [obj]
+    if depth > 4 or (not hasattr(obj, "__dict__") and not isinstance(obj, dict)):
+        return []
+    values = obj.values() if isinstance(obj, dict) else vars(obj).values()
+    return [t for v in values if not isinstance(v, (str, bytes)) for t in _row_means(v, depth + 1)]
+
+
 def child(method: str, rows: int, classes: int, through_scoring: bool = False) -> dict:
     import torch
 
@@ -75,6 +88,8 @@ def child(method: str, rows: int, classes: int, through_scoring: bool = False) -
     if through_scoring:
         from labelclean.scoring import score
 
+        for table in _row_means(m):  # every row visited once, as after training
+            table.count.fill_(1.0)
         evidence = m.evidence()
         out["evidence_peak_gib"] = round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 2**20, 3)
         given = labels.numpy()

@@ -49,6 +49,8 @@ def test_rows_never_visited_get_the_fill():
     assert torch.equal(table.mean(fill=other)[2], torch.tensor([0, 0.5, 0.5]))  # read, not copied
     out = torch.ones(4, 3)
     assert torch.allclose(table.add_mean_to(out), 1.0 + table.mean())
+    half = torch.full((4, 3), 0.5, dtype=torch.float16)
+    assert torch.equal(state_module.add_chunked(torch.ones(4, 3), half), torch.full((4, 3), 1.5))
 
 
 def test_label_columns_equal_the_dense_means_gathered_without_a_dense_table():

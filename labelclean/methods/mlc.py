@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from labelclean.methods import state
+import labelclean.methods.state as tables
 from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import meta_gradient
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
@@ -40,7 +40,7 @@ def posterior_given_noisy(probs: Tensor, transition: Tensor, labels: Tensor, out
     tensor by default; ``probs`` itself to work in place), so no other ``(N, C)`` temporary
     exists."""
     out = torch.empty_like(probs) if out is None else out
-    chunk = state.CHUNK_ROWS
+    chunk = tables.CHUNK_ROWS
     for i in range(0, len(probs), chunk):
         joint = probs[i:i + chunk] * transition[:, labels[i:i + chunk]].T
         out[i:i + chunk] = joint / joint.sum(1, keepdim=True).clamp_min(1e-12)

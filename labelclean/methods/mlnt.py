@@ -21,7 +21,7 @@ from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainCon
 from labelclean.methods.functional import functional_forward
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import check
-from labelclean.methods.state import table_dtype
+from labelclean.methods.state import add_chunked, table_dtype
 from labelclean.models import Backbone
 
 
@@ -284,7 +284,7 @@ class MLNT(MetaMethod):
             "mlnt_teacher_p_given": belief.gather(1, labels.view(-1, 1)).squeeze(1).double().numpy(),
             "mlnt_mentor_p_given": self.mentor_probs.gather(1, labels.view(-1, 1)).squeeze(1).double().numpy(),
         }
-        belief += self.mentor_probs
+        add_chunked(belief, self.mentor_probs)
         belief = self.dynamics.all.add_mean_to(belief).div_(3.0)  # (teacher + mentor + dynamics) / 3
         suspicion = belief_suspicion(belief, labels)
         columns = {"mlnt_suspicion": suspicion, **columns}

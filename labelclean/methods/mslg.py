@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import labelclean.methods.state as tables
 from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import (
     head_meta_sensitivity,
@@ -131,7 +132,12 @@ class MSLG(MetaMethod):
         return kl_mean(z, soft) + gamma * entropy_mean(z)
 
     def soft_labels(self) -> Tensor:
-        return self.table.float().softmax(1)
+        """``(N, C)`` float32 softmax of the table, row chunk by row chunk (no float32 copy of a
+        float16 table beside the result)."""
+        out = torch.empty(self.table.shape, dtype=torch.float32)
+        for i in range(0, len(out), tables.CHUNK_ROWS):
+            out[i:i + tables.CHUNK_ROWS] = self.table[i:i + tables.CHUNK_ROWS].float().softmax(1)
+        return out
 
     def evidence(self) -> Evidence:
         soft = self.soft_labels()

@@ -56,6 +56,14 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: torch.Gener
     return torch.where(up, above, below)
 
 
+def add_chunked(out: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """``out += table`` in place, :data:`CHUNK_ROWS` rows at a time: adding a float16 table to
+    a float32 one in one go makes a float32 copy of it first (4 GB at 10⁹ cells)."""
+    for i in range(0, len(out), CHUNK_ROWS):
+        out[i:i + CHUNK_ROWS] += table[i:i + CHUNK_ROWS]
+    return out
+
+
 class RowMeans:
     """Running mean of ``(C,)`` vectors per dataset row, and the number of visits.
 
@@ -76,16 +84,17 @@ class RowMeans:
         old = self.values[rows].float()
         self.values[rows] = (old + (values.detach().float().cpu() - old) / k).to(self.values.dtype)
 
-    def mean(self, fill: torch.Tensor | float | RowMeans | None = None, rows: slice | None = None
-             ) -> torch.Tensor:
-        """``(N, C)`` float32 means, or those of ``rows`` only; rows never visited get ``fill``
-        (default: uniform; a ``RowMeans``: its means of those rows, read without a dense copy)."""
+    def mean(self, fill: torch.Tensor | float | RowMeans | None = None,
+             rows: slice | torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, C)`` float32 means, or those of ``rows`` only (a slice or row indices); rows
+        never visited get ``fill`` (default: uniform; a ``RowMeans``: its means of those rows,
+        read without a dense copy)."""
         rows = slice(None) if rows is None else rows
         out = self.values[rows].to(torch.float32, copy=True)  # never a view of the table
         never = self.count[rows] == 0
         if never.any():
-            if isinstance(fill, RowMeans):
-                out[never] = fill.mean(rows=rows)[never]
+            if isinstance(fill, RowMeans):  # gathered for those rows only
+                out[never] = fill.mean(rows=torch.arange(len(self.count))[rows][never])
             elif isinstance(fill, torch.Tensor):
                 out[never] = fill[rows][never]
             else:
