@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from common import command, fmt, machine, write_section
 
 from labelclean.knn import EXACT_BUDGET, FaissKnn
@@ -170,8 +171,11 @@ def ivf_recall(path: Path, k: int = 10, queries: int = 1000, seed: int = 0) -> d
 
 
 def render(raw: dict) -> str:
+    m = raw.get("machine", {})
+    where = f"a {m.get('cpu_count', '?')}-core machine" + (f" with an {m['gpu']} (`--device auto`: CUDA)"
+                                                          if m.get("gpu") else ", CPU only")
     lines = [
-        "Time and peak memory per stage as the rows grow, on this 2-core CPU machine "
+        f"Time and peak memory per stage as the rows grow, on {where} "
         "(`benchmarks/scale.py`; synthetic data, planted label noise).",
         "",
         f"Command: `{raw['command']}`",
@@ -234,7 +238,8 @@ def main() -> None:
                 print(rows, raw["ivf_recall"][rows], flush=True)
         write_section(args.section, render(raw), raw)
         return
-    raw: dict = {"command": command(), "machine": machine(), "embeddings": {}, "images": {},
+    gpu = {"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}
+    raw: dict = {"command": command(), "machine": {**machine(), **gpu}, "embeddings": {}, "images": {},
                  "ivf_recall": {},
                  "settings": {"embeddings": f"{args.dim} dimensions, {args.classes} classes, "
                                             f"{args.noise:.0%} noise, --method {args.method}, defaults",
