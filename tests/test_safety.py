@@ -337,9 +337,12 @@ def test_ctrl_c_says_interrupted_exits_130_and_the_run_resumes(tiny, tmp_path):
             "--epochs", "150", "--batch-size", "12", "--image-size", "12", "--no-report"]
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    while "epoch 2/" not in proc.stderr.readline() and time.monotonic() < deadline:
-        pass
+    deadline, seen = time.monotonic() + 180, ""  # a loaded machine or a CUDA start is slow
+    while time.monotonic() < deadline and (line := proc.stderr.readline()):
+        seen += line
+        if "epoch 2/" in line:
+            break
+    assert "epoch 2/" in seen, f"the audit never reached epoch 2 (so no checkpoint yet): {seen}"
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     proc.stderr.close()
