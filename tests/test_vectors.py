@@ -187,3 +187,41 @@ def test_wide_vectors_above_the_exact_budget_are_projected_before_the_ivf_index(
     assert (labels[approx] == labels[:, None]).mean() > 0.95
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact)])
     assert recall > 0.3 and (approx != np.arange(2000)[:, None]).all()
+
+
+@pytest.mark.parametrize("layout", ["float32", "float64", "fortran", "v2"])
+def test_npy_rows_are_read_by_chunks_as_the_map_would_give_them(tmp_path, monkeypatch, layout):
+    from labelclean.data import vectors
+
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=(23, 5))
+    path = tmp_path / "x.npy"
+    if layout == "fortran":
+        np.save(path, np.asfortranarray(values))
+    elif layout == "v2":
+        with open(path, "wb") as f:
+            np.lib.format.write_array(f, values.astype(np.float32), version=(2, 0))
+    else:
+        np.save(path, values.astype(layout))
+    monkeypatch.setattr(vectors, "CHUNK_ROWS", 4)  # several chunks and a ragged last one
+    array = np.load(path, mmap_mode="r")
+    for rows in (np.arange(23), rng.permutation(23)[:17], np.array([5, 5, 2])):
+        got = vectors._npy_rows(path, array, rows)
+        assert got.dtype == np.float32
+        assert np.array_equal(got, np.asarray(array[rows], dtype=np.float32)), (layout, rows)
+
+
+def test_pred_probs_come_back_float32_and_normalised_by_chunks(vec, tmp_path, monkeypatch):
+    from labelclean.data import vectors
+    from labelclean.data.dataset import load_samples
+
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.ones(len(CLASSES)), size=600) * 1.0004  # sums 1.0004: within tolerance
+    np.save(tmp_path / "p.npy", probs)
+    monkeypatch.setattr(vectors, "CHUNK_ROWS", 7)
+    samples = load_samples(vec["manifest"], vec["trusted"], require_path=False)
+    got = vectors.read_pred_probs(tmp_path / "p.npy", samples)
+    assert got.dtype == np.float32
+    assert np.allclose(got.sum(1), 1.0, atol=1e-6)
+    rows = samples.table["row"].to_numpy()
+    assert np.allclose(got, probs[rows] / probs[rows].sum(1, keepdims=True), atol=1e-6)

@@ -83,8 +83,49 @@ def _by_manifest_row(array: np.ndarray, samples: Samples, path: Path, flag: str)
     return rows
 
 
+#: Rows read, checked or normalised at a time (a whole-table temporary is 4 GB at 10⁹ cells).
+CHUNK_ROWS = 65_536
+
+
+def _npy_rows(path: Path, array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` as float32, read from the ``.npy`` file a chunk at a time.
+
+    ``array`` is the file's memory map (for its shape and dtype). Plain reads, not the map:
+    every page of a map that is touched counts in the process's resident memory, so gathering
+    a 4 GB file through it would show 8 GB. Files the reader cannot stream (Fortran order,
+    format 3) are gathered through the map."""
+    out = np.empty((len(rows), array.shape[1]), dtype=np.float32)
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            return _gather(array, rows, out)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        _shape, fortran, dtype = read(f)
+        if fortran or dtype.hasobject:
+            return _gather(array, rows, out)
+        where = np.full(len(array), -1, dtype=np.int64)  # file row -> output row
+        where[rows] = np.arange(len(rows))
+        if (where >= 0).sum() != len(rows):  # a file row wanted twice: gather instead
+            return _gather(array, rows, out)
+        width = array.shape[1] * dtype.itemsize
+        for start in range(0, len(array), CHUNK_ROWS):
+            count = min(CHUNK_ROWS, len(array) - start)
+            chunk = np.frombuffer(f.read(count * width), dtype=dtype).reshape(count, -1)
+            to = where[start:start + count]
+            keep = to >= 0
+            out[to[keep]] = chunk[keep]
+    return out
+
+
+def _gather(array: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    for i in range(0, len(rows), CHUNK_ROWS):
+        out[i:i + CHUNK_ROWS] = array[rows[i:i + CHUNK_ROWS]]
+    return out
+
+
 def _finite(values: np.ndarray, path: Path, flag: str, ids: pd.Series) -> None:
-    bad = ~np.isfinite(values).all(axis=1)
+    bad = np.concatenate([~np.isfinite(values[i:i + CHUNK_ROWS]).all(axis=1)
+                          for i in range(0, len(values), CHUNK_ROWS)] or [np.zeros(0, dtype=bool)])
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"{flag} {path}: {int(bad.sum())} row(s) hold NaN or infinite values "
@@ -99,7 +140,7 @@ def read_features(path: Path, samples: Samples, id_column: str | None = None) ->
     if path.suffix.lower() == ".npy":
         array = np.load(path, mmap_mode="r", allow_pickle=False)
         rows = _by_manifest_row(array, samples, path, flag)
-        out = np.ascontiguousarray(array[rows], dtype=np.float32)
+        out = _npy_rows(path, array, rows)
     else:
         out = _features_from_table(path, samples, id_column, flag)
     if out.shape[1] == 0:
@@ -163,7 +204,8 @@ def _numeric(frame: pd.DataFrame, path: Path, flag: str) -> np.ndarray:
 
 
 def read_pred_probs(path: Path, samples: Samples, id_column: str | None = None) -> np.ndarray:
-    """``(N, C)`` predicted probabilities in the samples' row order, columns in class order."""
+    """``(N, C)`` float32 predicted probabilities in the samples' row order, columns in class
+    order, each row normalised to sum to 1."""
     flag = "--pred-probs"
     path = Path(path)
     _check_suffix(path, flag)
@@ -175,7 +217,7 @@ def read_pred_probs(path: Path, samples: Samples, id_column: str | None = None) 
             raise DataError(f"{flag} {path}: {array.shape[1]} columns, expected {len(classes)} "
                             f"(one per class, in the order {', '.join(classes[:10])}"
                             f"{' ...' if len(classes) > 10 else ''})")
-        probs = np.asarray(array[rows], dtype=np.float64)
+        probs = _npy_rows(path, array, rows)
     else:
         frame = pd.read_parquet(path) if path.suffix.lower() == ".parquet" else pd.read_csv(path)
         frame.columns = [str(c) for c in frame.columns]
@@ -185,14 +227,22 @@ def read_pred_probs(path: Path, samples: Samples, id_column: str | None = None) 
             raise DataError(f"{flag} {path}: no column for class(es) "
                             f"{', '.join(map(repr, missing[:5]))}; expected one column per class, "
                             "named by the class")
-        values = _numeric(frame[classes], path, flag).astype(np.float64)
+        values = _numeric(frame[classes], path, flag).astype(np.float32)
         probs = values[_align(frame[key].astype(str).to_numpy(), samples, path, flag)]
     ids = samples.table[S.SAMPLE_ID]
     _finite(probs, path, flag, ids)
-    bad = (probs < 0).any(axis=1) | (np.abs(probs.sum(axis=1) - 1) > PROB_SUM_TOLERANCE)
+    sums = np.zeros(len(probs))
+    bad = np.zeros(len(probs), dtype=bool)
+    for i in range(0, len(probs), CHUNK_ROWS):  # checked and normalised in place, by chunks
+        chunk = probs[i:i + CHUNK_ROWS]
+        sums[i:i + CHUNK_ROWS] = chunk.sum(axis=1, dtype=np.float64)
+        bad[i:i + CHUNK_ROWS] = (chunk < 0).any(axis=1)
+    bad |= np.abs(sums - 1) > PROB_SUM_TOLERANCE
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"{flag} {path}: {int(bad.sum())} row(s) are not probabilities (id "
-                        f"{ids.iloc[i]!r} sums to {probs[i].sum():.4g}); expected non-negative "
+                        f"{ids.iloc[i]!r} sums to {sums[i]:.4g}); expected non-negative "
                         "values summing to 1 per row (apply a softmax to logits)")
-    return probs / probs.sum(axis=1, keepdims=True)
+    for i in range(0, len(probs), CHUNK_ROWS):
+        probs[i:i + CHUNK_ROWS] /= sums[i:i + CHUNK_ROWS, None].astype(np.float32)
+    return probs
