@@ -42,6 +42,31 @@ def test_report_caps_thumbnails(evil_run, tmp_path):
     assert '"shown": 2' in page
 
 
+def test_many_classes_draw_the_most_confused_and_the_most_flagged(evil_run, tmp_path, monkeypatch):
+    import numpy as np
+
+    from labelclean.review import html
+
+    values = np.array([[0.9, 0.0, 0.1], [0.0, 1.0, 0.0], [0.3, 0.0, 0.7]])
+    assert html.most_confused(values, 2).tolist() == [0, 2]  # class 1 is never confused
+    assert html.most_confused(values, 3).tolist() == [0, 1, 2]
+    full = build_report(evil_run.run_dir, tmp_path / "full.html").read_text()
+    assert "classes with the most" not in full
+    monkeypatch.setattr(html, "HEAT_MAX_CLASSES", 2)
+    monkeypatch.setattr(html, "SECTION_MAX_CLASSES", 1)
+    page = build_report(evil_run.run_dir, tmp_path / "capped.html").read_text()
+    classes = len(evil_run.summary["estimated_noise_rate_per_class"])
+    assert f"the 2 of {classes} classes with the most confusion" in page
+    assert f"the 1 of {classes} classes with the most flagged rows" in page
+    from markupsafe import escape
+
+    flagged = evil_run.scores[evil_run.scores["is_suspect"]]["given_label"].value_counts()
+    order = list(evil_run.summary["estimated_noise_rate_per_class"])  # the run's class order
+    top = next(c for c in order if flagged.get(c, 0) == flagged.max())  # ties: the first class
+    assert page.count('<section class="cls">') == 1 and f"<h3>{escape(top)}</h3>" in page
+    assert page.count("<tr><th>") < full.count("<tr><th>")  # fewer heatmap rows
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

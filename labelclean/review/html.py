@@ -33,6 +33,11 @@ THUMB = 64
 #: end and the largest the high end, so differences between confusions stay visible.
 HEAT_ALPHA = (0.05, 0.9)
 DIAGONAL_ALPHA = 0.15
+#: Classes drawn in the confusion heatmap; with more, those with the most confusion (a
+#: thousand classes would be a million cells, a 100 MB page).
+HEAT_MAX_CLASSES = 40
+#: Per-class sections; with more classes, those with the most flagged rows.
+SECTION_MAX_CLASSES = 100
 
 
 def _thumbnail(path: str) -> str | None:
@@ -63,9 +68,24 @@ def heat_alpha(values: np.ndarray) -> np.ndarray:
     return np.where(off, alpha, DIAGONAL_ALPHA)
 
 
+def most_confused(values: np.ndarray, limit: int) -> np.ndarray:
+    """Indices (in order) of the ``limit`` classes with the most off-diagonal mass, as row
+    and as column; all of them when there are no more than ``limit``."""
+    if len(values) <= limit:
+        return np.arange(len(values))
+    off = np.array(values, dtype=float)
+    np.fill_diagonal(off, 0.0)
+    return np.sort(np.argsort(-(off.sum(0) + off.sum(1)), kind="stable")[:limit])
+
+
 def _heat(transition: pd.DataFrame) -> dict[str, Any]:
     classes = [str(c) for c in transition.columns]
     values = transition.to_numpy(dtype=float)
+    keep = most_confused(values, HEAT_MAX_CLASSES)
+    note = "" if len(keep) == len(classes) else (
+        f"the {len(keep)} of {len(classes):,} classes with the most confusion; every class is in "
+        "transition_matrix.csv")
+    values, classes = values[np.ix_(keep, keep)], [classes[k] for k in keep]
     alpha = heat_alpha(values)
     rows = []
     for i, name in enumerate(classes):
@@ -77,7 +97,7 @@ def _heat(transition: pd.DataFrame) -> dict[str, Any]:
                           "title": f"{name} -> {other}: {values[i, j]:.4f}",
                           "pair": "" if i == j else f"{other} -> {name}"})
         rows.append({"name": name, "cells": cells})
-    return {"classes": classes, "rows": rows}
+    return {"classes": classes, "rows": rows, "note": note}
 
 
 def _environment() -> Any:
@@ -122,29 +142,40 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
             "src": Path(str(r[S.IMAGE_PATH])).as_uri() if str(r[S.IMAGE_PATH]).startswith("/") else "",
         })
 
-    # A few typical examples of each class (the least suspicious unverified rows, else
-    # verified ones), shown beside an enlarged card: the given class and the suggested one.
-    typical: dict[str, list[str]] = {}
+    # Rows grouped by given class once (a filter per class is N x C comparisons: minutes at a
+    # million rows and a thousand classes). Typical examples: the least suspicious unverified
+    # rows of a class, else verified ones, shown beside an enlarged card.
+    counts = free[S.GIVEN].value_counts()
+    flagged_by = dict(tuple(flagged.groupby(S.GIVEN, sort=False)))
     pool = pd.concat([free.sort_values(S.SUSPICION, kind="stable"), scores[scores[S.VERIFIED]]])
+    pool_by = dict(tuple(pool[~pool[S.IS_SUSPECT]].groupby(S.GIVEN, sort=False)))
+    names = list(run.classes)
+    if len(names) > SECTION_MAX_CLASSES:
+        top = set(sorted(names, key=lambda n: -len(flagged_by.get(n, ())))[:SECTION_MAX_CLASSES])
+        names = [n for n in names if n in top]
+    shown_classes = set(names) | set(map(str, shown[S.GIVEN])) | set(map(str, shown[S.SUGGESTED]))
+    typical: dict[str, list[str]] = {}
     for name in run.classes:
-        rows = pool[(pool[S.GIVEN] == name) & ~pool[S.IS_SUSPECT]].head(examples)
-        typical[name] = [thumb_key(r) for _, r in rows.iterrows()]
+        if name in shown_classes and name in pool_by:
+            typical[name] = [thumb_key(r) for _, r in pool_by[name].head(examples).iterrows()]
 
     rates = summary.get("estimated_noise_rate_per_class", {})
     sections = []
-    for name in run.classes:
-        mine = free[free[S.GIVEN] == name]
-        theirs = flagged[flagged[S.GIVEN] == name]
+    for name in names:
+        theirs = flagged_by.get(name, flagged.iloc[:0])
         pairs = []
         for other, count in theirs[S.SUGGESTED].value_counts().head(3).items():
             side_a = theirs[theirs[S.SUGGESTED] == other].head(examples)
-            side_b = free[(free[S.GIVEN] == other) & ~free[S.IS_SUSPECT]].sort_values(
-                S.SUSPICION, kind="stable").head(examples)
+            side_b = pool_by[other].head(examples) if other in pool_by else pool.iloc[:0]
+            side_b = side_b[~side_b[S.VERIFIED]]  # typical *unverified* rows, as before
             pairs.append({"other": other, "count": int(count),
                           "side_a": [image(r) for _, r in side_a.iterrows()],
                           "side_b": [image(r) for _, r in side_b.iterrows()]})
-        sections.append({"name": name, "count": len(mine), "flagged": len(theirs),
+        sections.append({"name": name, "count": int(counts.get(name, 0)), "flagged": len(theirs),
                          "rate": float(rates.get(name, 0.0)), "pairs": pairs})
+    sections_note = "" if len(names) == len(run.classes) else (
+        f"the {len(names)} of {len(run.classes):,} classes with the most flagged rows; "
+        "scores.csv has every row")
 
     data = {"cards": cards, "thumbs": {k: v for k, v in thumbs.items() if v}, "classes": run.classes,
             "flagged": len(flagged), "shown": len(cards), "typical": typical,
@@ -161,6 +192,7 @@ def build_report(run_dir: Path, out: Path | None = None, max_cards: int = 2000,
         title=f"labelclean report: {run.path.name}", summary=summary_rows,
         per_class=[(str(k), float(v)) for k, v in rates.items()],
         heat=_heat(transition) if transition is not None else None, sections=sections,
+        sections_note=sections_note,
         data=_safe_json(data), notes=[str(n) for n in summary.get("notes", [])], size=THUMB,
         estimates=estimate_lines(summary),
     )
