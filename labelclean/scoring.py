@@ -56,8 +56,9 @@ ALTERNATIVE_SHARE = 0.5
 #: whose calibrated posteriors saturate at 0 or 1.
 TIE_BREAK_WEIGHT = 0.001
 _EPS = 1e-4
-#: Rows per chunk where a dense ``(N, C)`` belief is read (see :func:`alternative`).
-CHUNK_ROWS = 65_536
+#: Cells per chunk where a dense ``(N, C)`` belief is read (see :func:`alternative`): 4M cells,
+#: 32 MB in float64.
+CHUNK_CELLS = 1 << 22
 _MIN_MIXTURE_SAMPLES = 4
 
 
@@ -248,10 +249,11 @@ def alternative(belief: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.n
     """The most likely class other than the given one, and its share of the belief off it.
 
     ``belief`` is ``(N, C)``; returns ``(alt (N,), share (N,) in [0, 1])``. Works
-    :data:`CHUNK_ROWS` rows at a time in float64, so the only dense table is the caller's (a float64 copy of the
+    :data:`CHUNK_CELLS` cells at a time in float64, so the only dense table is the caller's (a float64 copy of the
     whole belief is 8 GB at a million rows and a thousand classes).
     """
-    n, chunk = len(given), CHUNK_ROWS
+    n = len(given)
+    chunk = max(1, CHUNK_CELLS // max(1, belief.shape[1]))
     alt = np.zeros(n, dtype=np.int64)
     share = np.zeros(n)
     for i in range(0, n, chunk):

@@ -390,7 +390,7 @@ def test_each_method_builds_its_belief_in_place_as_its_formula_says(name, monkey
 
     m, steps, _, _ = _flip_context(name)
     steps(6)
-    monkeypatch.setattr(state, "CHUNK_ROWS", 5)  # several chunks and a ragged last one
+    monkeypatch.setattr(state, "CHUNK_CELLS", 15)  # 5 rows of 3 classes: a ragged last chunk
     monkeypatch.setattr(state, "SAVED_TABLE_MAX", 0)  # the soft labels are not kept above it
     expected = _reference_belief(name, m)
     evidence = m.evidence()

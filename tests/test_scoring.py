@@ -76,7 +76,7 @@ def test_alternative_reads_the_belief_in_chunks_without_changing_it(monkeypatch)
     given = rng.integers(0, 7, 50)
     before = belief.copy()
     whole = alternative(belief, given)
-    monkeypatch.setattr(scoring, "CHUNK_ROWS", 6)
+    monkeypatch.setattr(scoring, "CHUNK_CELLS", 42)  # 6 rows of 7 classes
     chunked = alternative(belief, given)
     assert np.array_equal(whole[0], chunked[0]) and np.allclose(whole[1], chunked[1])
     assert np.array_equal(belief, before)  # the caller's table is never written

@@ -36,11 +36,11 @@ def posterior_given_noisy(probs: Tensor, transition: Tensor, labels: Tensor, out
                           ) -> Tensor:
     """``π_ik = f_ik T_{k,ỹ_i} / Σ_j f_ij T_{j,ỹ_i}``: ``(N, C)``, the true class given T.
 
-    Computed :data:`~labelclean.methods.state.CHUNK_ROWS` rows at a time into ``out`` (a new
+    Computed by row chunks (:func:`~labelclean.methods.state.chunk_rows`) into ``out`` (a new
     tensor by default; ``probs`` itself to work in place), so no other ``(N, C)`` temporary
     exists."""
     out = torch.empty_like(probs) if out is None else out
-    chunk = tables.CHUNK_ROWS
+    chunk = tables.chunk_rows(probs.shape[1])
     for i in range(0, len(probs), chunk):
         joint = probs[i:i + chunk] * transition[:, labels[i:i + chunk]].T
         out[i:i + chunk] = joint / joint.sum(1, keepdim=True).clamp_min(1e-12)

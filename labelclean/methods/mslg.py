@@ -135,8 +135,9 @@ class MSLG(MetaMethod):
         """``(N, C)`` float32 softmax of the table, row chunk by row chunk (no float32 copy of a
         float16 table beside the result)."""
         out = torch.empty(self.table.shape, dtype=torch.float32)
-        for i in range(0, len(out), tables.CHUNK_ROWS):
-            out[i:i + tables.CHUNK_ROWS] = self.table[i:i + tables.CHUNK_ROWS].float().softmax(1)
+        chunk = tables.chunk_rows(out.shape[1])
+        for i in range(0, len(out), chunk):
+            out[i:i + chunk] = self.table[i:i + chunk].float().softmax(1)
         return out
 
     def evidence(self) -> Evidence:

@@ -19,8 +19,14 @@ import torch
 FLOAT16_ABOVE = 100_000_000
 
 
-#: Rows per chunk where an ``(N, C)`` table is combined with another without a dense temporary.
-CHUNK_ROWS = 65_536
+#: Cells per chunk where an ``(N, C)`` table is combined with another without a dense
+#: temporary: 4M cells (16 MB in float32), 4,194 rows at a thousand classes.
+CHUNK_CELLS = 1 << 22
+
+
+def chunk_rows(width: int) -> int:
+    """Rows per chunk of a table ``width`` columns wide (:data:`CHUNK_CELLS` cells)."""
+    return max(1, CHUNK_CELLS // max(1, width))
 
 #: Per-class tables (``Evidence.arrays``, e.g. MSLG's soft labels) with more cells than this are
 #: not written to the run folder: at a million rows and a thousand classes one would be a 4 GB
@@ -57,10 +63,11 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: torch.Gener
 
 
 def add_chunked(out: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``out += table`` in place, :data:`CHUNK_ROWS` rows at a time: adding a float16 table to
-    a float32 one in one go makes a float32 copy of it first (4 GB at 10⁹ cells)."""
-    for i in range(0, len(out), CHUNK_ROWS):
-        out[i:i + CHUNK_ROWS] += table[i:i + CHUNK_ROWS]
+    """``out += table`` in place, by chunks (:func:`chunk_rows`): adding a float16 table to a
+    float32 one in one go makes a float32 copy of it first (4 GB at 10⁹ cells)."""
+    chunk = chunk_rows(out.shape[1])
+    for i in range(0, len(out), chunk):
+        out[i:i + chunk] += table[i:i + chunk]
     return out
 
 
@@ -102,8 +109,8 @@ class RowMeans:
         return out
 
     def add_mean_to(self, out: torch.Tensor) -> torch.Tensor:
-        """``out += mean()`` in place, :data:`CHUNK_ROWS` rows at a time (no dense float32 copy)."""
-        chunk = CHUNK_ROWS
+        """``out += mean()`` in place, by chunks (:func:`chunk_rows`; no dense float32 copy)."""
+        chunk = chunk_rows(out.shape[1])
         for i in range(0, len(out), chunk):
             out[i:i + chunk] += self.mean(rows=slice(i, i + chunk))
         return out
