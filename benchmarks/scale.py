@@ -111,6 +111,39 @@ def make_images(work: Path, rows: int, size: int, classes: int, noise: float, se
     return out
 
 
+def make_probs(work: Path, rows: int, classes: int, noise: float, seed: int) -> Path:
+    """``probs.npy``: out-of-sample-like predicted probabilities (the true class on top for 80%
+    of the rows, another class for the rest, softmax of Gaussian logits), written chunk by chunk,
+    and a manifest of ids and labels with ``noise`` of them flipped."""
+    out = work / f"probs-{rows}-{classes}"
+    if (out / "truth.csv").exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, classes, rows)
+    probs = np.lib.format.open_memmap(out / "probs.npy", mode="w+", dtype=np.float32, shape=(rows, classes))
+    for start in range(0, rows, _CHUNK):
+        y = true[start:start + _CHUNK]
+        top = np.where(rng.random(len(y)) < 0.8, y, rng.integers(0, classes, len(y)))
+        z = rng.normal(0, 1, (len(y), classes)).astype(np.float32)
+        z[np.arange(len(y)), top] += np.log(classes) + 2.5  # the top class holds about 0.9
+        z = np.exp(z - z.max(1, keepdims=True))
+        probs[start:start + len(y)] = z / z.sum(1, keepdims=True)
+    probs.flush()
+    del probs
+    given = true.copy()
+    flip = rng.random(rows) < noise
+    given[flip] = (true[flip] + rng.integers(1, classes, int(flip.sum()))) % classes
+    names = np.array([f"c{k}" for k in range(classes)])
+    ids = np.array([f"s{i:07d}" for i in range(rows)])
+    pd.DataFrame({"id": ids, "label": names[given]}).to_csv(out / "manifest.csv", index=False)
+    pd.DataFrame({"id": ids, "label": names[true]}).to_csv(out / "truth.csv", index=False)
+    picks = np.concatenate([rng.choice(np.flatnonzero(true == k), min(TRUSTED_PER_CLASS, int((true == k).sum())),
+                                       replace=False) for k in range(classes)])
+    pd.DataFrame({"id": ids[picks], "label": names[true[picks]]}).to_csv(out / "trusted.csv", index=False)
+    return out
+
+
 def run_audit(folder: Path, extra: list[str]) -> dict:
     """``labelclean audit`` as a child process: its wall time, peak RSS and summary."""
     run_dir = folder / "run"
@@ -181,7 +214,8 @@ def render(raw: dict) -> str:
         f"Command: `{raw['command']}`",
         "",
     ]
-    for kind, runs in (("embeddings", raw.get("embeddings", {})), ("images", raw.get("images", {}))):
+    for kind, runs in (("embeddings", raw.get("embeddings", {})), ("images", raw.get("images", {})),
+                       ("predicted probabilities", raw.get("probs", {}))):
         if not runs:
             continue
         first = next(iter(runs.values()))
@@ -194,7 +228,7 @@ def render(raw: dict) -> str:
             cells = [f"{s['seconds']:.1f} s / {s['peak_rss_mb'] / 1024:.2f} GiB" for s in r["stages"]]
             lines.append(f"| {int(rows):,} | {r['wall_seconds']:.0f} s | {r['peak_rss_mb'] / 1024:.2f} GiB | "
                          + " | ".join(cells)
-                         + f" | {fmt(r['knn_seconds'] or float('nan'), 1)} s | {r['train_rows_per_second']:,.0f} "
+                         + f" | {fmt(r['knn_seconds'] or float('nan'), 1)} s | {r['train_rows_per_second'] or 0:,.0f} "
                          f"| {fmt(r['auroc'])} | {fmt(r['ap'])} | {fmt(r['f1'])} |")
         lines.append("")
         lines.append("Each stage cell: seconds / peak resident memory of the process at the end of the "
@@ -222,6 +256,9 @@ def main() -> None:
     parser.add_argument("--images", nargs="*", type=int, default=[])
     parser.add_argument("--image-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=1, help="epochs of the image audits")
+    parser.add_argument("--probs", nargs="*", type=int, default=[],
+                        help="rows of --pred-probs audits (no training), with --prob-classes classes")
+    parser.add_argument("--prob-classes", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/labelclean-scale"))
     parser.add_argument("--no-recall", action="store_true", help="skip the IVF recall measurement")
@@ -244,7 +281,10 @@ def main() -> None:
                  "settings": {"embeddings": f"{args.dim} dimensions, {args.classes} classes, "
                                             f"{args.noise:.0%} noise, --method {args.method}, defaults",
                               "images": f"{args.image_size}x{args.image_size} PNG, {args.classes} classes, "
-                                        f"small_cnn, --epochs {args.epochs}, --method {args.method}"}}
+                                        f"small_cnn, --epochs {args.epochs}, --method {args.method}",
+                              "predicted probabilities": f"`--pred-probs` .npy, {args.prob_classes:,} "
+                                                         f"classes, {args.noise:.0%} noise, no training"},
+                 "probs": {}}
     for rows in args.rows:
         folder = make_embeddings(args.work, rows, args.dim, args.classes, args.noise, args.seed)
         r = run_audit(folder, ["--features", str(folder / "emb.npy"), "--method", args.method,
@@ -264,6 +304,14 @@ def main() -> None:
         print(f"images {rows:,}: {r['wall_seconds']} s, peak {r['peak_rss_mb'] / 1024:.2f} GB, "
               f"stages {[(s['stage'], s['seconds']) for s in r['stages']]}", flush=True)
         write_section(args.section, render(raw), raw)  # after each size: a long run keeps what it measured
+    for rows in args.probs:
+        folder = make_probs(args.work, rows, args.prob_classes, args.noise, args.seed)
+        r = run_audit(folder, ["--pred-probs", str(folder / "probs.npy"), "--seed", str(args.seed)])
+        raw["probs"][rows] = r
+        print(f"pred-probs {rows:,} x {args.prob_classes:,}: {r['wall_seconds']} s, peak "
+              f"{r['peak_rss_mb'] / 1024:.2f} GB, AUROC {r['auroc']:.3f}, "
+              f"stages {[(s['stage'], s['seconds']) for s in r['stages']]}", flush=True)
+        write_section(args.section, render(raw), raw)
     write_section(args.section, render(raw), raw)
 
 
