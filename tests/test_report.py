@@ -229,3 +229,14 @@ def test_decisions_made_in_the_report_round_trip_through_import_decisions(evil_r
     assert got.loc[cards[0], "label"] == scores.loc[cards[0], "suggested_label"]
     assert got.loc[cards[1], "label"] == scores.loc[cards[1], "given_label"]
     assert got.loc[cards[2], "label"] == other and set(got["reviewer"]) == {"ana"}
+
+
+def test_confused_pairs_are_the_largest_off_diagonal_entries_in_order():
+    from labelclean.review.terminal import confused_pairs
+
+    t = pd.DataFrame([[0.80, 0.15, 0.05, 0.004], [0.10, 0.90, 0.0, 0.0],
+                      [0.15, 0.0, 0.85, 0.0], [0.0, 0.0, 0.0, 1.0]],
+                     index=["a", "b", "c", "d"], columns=["a", "b", "c", "d"])
+    assert confused_pairs(t, 3) == [("a", "b", 0.15), ("c", "a", 0.15), ("b", "a", 0.10)]
+    assert ("a", "d", 0.004) not in confused_pairs(t, 10)  # below 0.5%
+    assert all(a != b for a, b, _ in confused_pairs(t, 10))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.markup import escape
@@ -79,11 +80,11 @@ def print_audit_summary(console: Console, result: AuditResult, top: int) -> None
 
 def confused_pairs(transition: pd.DataFrame, k: int) -> list[tuple[str, str, float]]:
     """The ``k`` largest off-diagonal entries of a transition matrix, above 0.5%."""
-    pairs = [
-        (str(a), str(b), float(transition.loc[a, b]))
-        for a in transition.index for b in transition.columns
-        if a != b and transition.loc[a, b] > 0.005
-    ]
+    values = transition.to_numpy(dtype=float)  # one array, not C x C pandas lookups (minutes at C=1,000)
+    rows, cols = np.nonzero(values > 0.005)
+    rows_names, col_names = [str(x) for x in transition.index], [str(x) for x in transition.columns]
+    pairs = [(rows_names[i], col_names[j], float(values[i, j]))
+             for i, j in zip(rows, cols) if rows_names[i] != col_names[j]]
     return sorted(pairs, key=lambda x: -x[2])[:k]
 
 
