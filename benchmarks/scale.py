@@ -134,7 +134,8 @@ def make_probs(work: Path, rows: int, classes: int, noise: float, seed: int) -> 
     given = true.copy()
     flip = rng.random(rows) < noise
     given[flip] = (true[flip] + rng.integers(1, classes, int(flip.sum()))) % classes
-    names = np.array([f"c{k}" for k in range(classes)])
+    # Zero-padded names sort as the columns are written: an .npy's columns follow labelclean's class order.
+    names = np.array([f"c{k:0{len(str(classes - 1))}d}" for k in range(classes)])
     ids = np.array([f"s{i:07d}" for i in range(rows)])
     pd.DataFrame({"id": ids, "label": names[given]}).to_csv(out / "manifest.csv", index=False)
     pd.DataFrame({"id": ids, "label": names[true]}).to_csv(out / "truth.csv", index=False)

@@ -127,6 +127,12 @@ def main() -> None:
     write_section(args.section, render(raw), raw)
 
 
+def _failure(error: str) -> str:
+    if "allocate" in error or "MemoryError" in error:
+        return "out of memory"
+    return f"failed: {error[:40]}"
+
+
 def render(raw: dict) -> str:
     methods = list(next(iter(next(iter(raw["runs"].values())).values())))
     lines = [f"Per-sample state of each method at {raw['rows']:,} rows (`benchmarks/state_memory.py`): "
@@ -137,12 +143,12 @@ def render(raw: dict) -> str:
     for label, by_c in raw["runs"].items():
         for c, by_m in by_c.items():
             cells = [(f"{r['held_gib']:.2f} / {r['peak_above_baseline_gib']:.2f} GiB" if "error" not in r
-                      else f"failed: {r['error'][:40]}") for r in (by_m.get(m, {"error": "not run"})
+                      else _failure(r["error"])) for r in (by_m.get(m, {"error": "not run"})
                                                                    for m in methods)]
             lines.append(f"| {label} | {int(c):,} | " + " | ".join(cells) + " |")
     lines += ["", "Each cell: held / peak above baseline."]
     scored = [(label, c, by_m) for label, by_c in raw["runs"].items() for c, by_m in by_c.items()
-              if any("score_peak_gib" in r for r in by_m.values())]
+              if any("score_peak_gib" in r or "error" in r for r in by_m.values())]
     if scored:
         lines += ["", "Through scoring (`--through-scoring`): the evidence drawn from that state and every "
                   "row decided by `labelclean.scoring.score`; peak resident memory above the baseline "
@@ -150,7 +156,7 @@ def render(raw: dict) -> str:
                   "| version | classes | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
         for label, c, by_m in scored:
             cells = [(f"{r['evidence_peak_gib']:.2f} / {r['score_peak_gib']:.2f} GiB" if "score_peak_gib" in r
-                      else ("failed: " + r.get("error", "not run")[:40]))
+                      else _failure(r.get("error", "not run")))
                      for r in (by_m.get(m, {"error": "not run"}) for m in methods)]
             lines.append(f"| {label} | {int(c):,} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
