@@ -33,10 +33,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from common import command, fmt, machine, write_section
 
 from labelclean.knn import EXACT_BUDGET, FaissKnn
@@ -143,6 +143,24 @@ def make_probs(work: Path, rows: int, classes: int, noise: float, seed: int) -> 
                                        replace=False) for k in range(classes)])
     pd.DataFrame({"id": ids[picks], "label": names[true[picks]]}).to_csv(out / "trusted.csv", index=False)
     return out
+
+
+def generated(make: Any, *args: Any) -> Path:
+    """``make(*args)`` (data generation, the recall measurement) in a fresh process. The audit's peak RSS comes from ``wait4``, and Linux
+    carries the high-water mark of the process that starts a child into the child's: data
+    generated here would be counted in every stage of the audit that follows."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(make, args)
+
+
+def gpu_name() -> dict:
+    """The CUDA device's name, asked of a child process (torch is not imported here, to keep
+    this process small: see :func:`generated`)."""
+    code = "import torch; print(torch.cuda.get_device_name() if torch.cuda.is_available() else '')"
+    name = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip()
+    return {"gpu": name} if name else {}
 
 
 def run_audit(folder: Path, extra: list[str]) -> dict:
@@ -271,12 +289,13 @@ def main() -> None:
         raw = json.loads(args.recall_only.read_text())
         for rows in raw["embeddings"]:
             if float(rows) ** 2 * args.dim > EXACT_BUDGET:
-                folder = make_embeddings(args.work, int(rows), args.dim, args.classes, args.noise, args.seed)
-                raw["ivf_recall"][rows] = ivf_recall(folder / "emb.npy", seed=args.seed)
+                folder = generated(make_embeddings, args.work, int(rows), args.dim, args.classes, args.noise,
+                                   args.seed)
+                raw["ivf_recall"][rows] = generated(ivf_recall, folder / "emb.npy", 10, 1000, args.seed)
                 print(rows, raw["ivf_recall"][rows], flush=True)
         write_section(args.section, render(raw), raw)
         return
-    gpu = {"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}
+    gpu = gpu_name()
     raw: dict = {"command": command(), "machine": {**machine(), **gpu}, "embeddings": {}, "images": {},
                  "ivf_recall": {},
                  "settings": {"embeddings": f"{args.dim} dimensions, {args.classes} classes, "
@@ -287,7 +306,7 @@ def main() -> None:
                                                          f"classes, {args.noise:.0%} noise, no training"},
                  "probs": {}}
     for rows in args.rows:
-        folder = make_embeddings(args.work, rows, args.dim, args.classes, args.noise, args.seed)
+        folder = generated(make_embeddings, args.work, rows, args.dim, args.classes, args.noise, args.seed)
         r = run_audit(folder, ["--features", str(folder / "emb.npy"), "--method", args.method,
                                "--seed", str(args.seed)])
         raw["embeddings"][rows] = r
@@ -295,10 +314,10 @@ def main() -> None:
               f"AUROC {r['auroc']:.3f}, stages {[(s['stage'], s['seconds']) for s in r['stages']]}",
               flush=True)
         if float(rows) ** 2 * args.dim > EXACT_BUDGET and not args.no_recall:
-            raw["ivf_recall"][rows] = ivf_recall(folder / "emb.npy", seed=args.seed)
+            raw["ivf_recall"][rows] = generated(ivf_recall, folder / "emb.npy", 10, 1000, args.seed)
             print(f"  IVF recall@10: {raw['ivf_recall'][rows]}", flush=True)
     for rows in args.images:
-        folder = make_images(args.work, rows, args.image_size, args.classes, args.noise, args.seed)
+        folder = generated(make_images, args.work, rows, args.image_size, args.classes, args.noise, args.seed)
         r = run_audit(folder, ["--method", args.method, "--epochs", str(args.epochs),
                                "--seed", str(args.seed), "--image-size", str(args.image_size)])
         raw["images"][rows] = r
@@ -306,7 +325,7 @@ def main() -> None:
               f"stages {[(s['stage'], s['seconds']) for s in r['stages']]}", flush=True)
         write_section(args.section, render(raw), raw)  # after each size: a long run keeps what it measured
     for rows in args.probs:
-        folder = make_probs(args.work, rows, args.prob_classes, args.noise, args.seed)
+        folder = generated(make_probs, args.work, rows, args.prob_classes, args.noise, args.seed)
         r = run_audit(folder, ["--pred-probs", str(folder / "probs.npy"), "--seed", str(args.seed)])
         raw["probs"][rows] = r
         print(f"pred-probs {rows:,} x {args.prob_classes:,}: {r['wall_seconds']} s, peak "
