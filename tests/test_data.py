@@ -46,10 +46,13 @@ def test_trusted_rows_mark_dataset_rows_and_add_new_images(tiny, tmp_path):
 
 
 def test_trusted_ids_and_labels_without_paths_mark_dataset_rows(tiny, tmp_path):
-    picks = tiny.truth.iloc[[2, 7, 11]]
-    pd.DataFrame({"id": picks["id"], "label": picks["label"]}).to_csv(tmp_path / "t.csv", index=False)
+    flipped = tiny.truth[tiny.truth["id"].isin(tiny.flipped)].iloc[:2]  # verified != given
+    picks = pd.concat([tiny.truth.iloc[[2, 7, 11]], flipped])
+    pd.DataFrame({"id": picks["id"], "label": picks["true"]}).to_csv(tmp_path / "t.csv", index=False)
     samples = load_samples(tiny.csv, tmp_path / "t.csv")
     assert sorted(samples.table.loc[samples.verified, "sample_id"]) == sorted(picks["id"])
+    marked = samples.table.set_index("sample_id").loc[picks["id"], "trusted_label"]
+    assert marked.tolist() == picks["true"].tolist()  # each id gets its own verified label
     assert (samples.table["source"] == "dataset").all()
     pd.DataFrame({"id": ["nope"], "label": ["cat"]}).to_csv(tmp_path / "u.csv", index=False)
     with pytest.raises(DataError, match=r"u.csv row 1: id 'nope' is not in the dataset .*add a path column"):

@@ -460,9 +460,11 @@ def _merge_trusted_by_id(table: pd.DataFrame, frame: pd.DataFrame, path: Path, i
             _problem(problems, f"{where}: sample {sid!r} is trusted twice with different labels")
         else:
             seen[i] = label
-            table.at[i, S.VERIFIED] = True
-            table.at[i, S.TRUSTED_LABEL] = label
     raise_problems(problems)
+    if seen:  # one assignment per column: a cell at a time took 9 s for 10,000 trusted ids
+        rows = list(seen)
+        table.loc[rows, S.VERIFIED] = True
+        table.loc[rows, S.TRUSTED_LABEL] = list(seen.values())
     return table
 
 
