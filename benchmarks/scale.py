@@ -46,6 +46,27 @@ TRUSTED_PER_CLASS = 10
 _CHUNK = 100_000
 
 
+def write_labels(out: Path, rng: np.random.Generator, true: np.ndarray, classes: int, noise: float,
+                 paths: list[str] | None = None) -> Path:
+    """``manifest.csv`` (given labels: ``noise`` of them flipped to another class, with
+    ``paths`` when given), ``truth.csv`` and ``trusted.csv`` (up to ``TRUSTED_PER_CLASS`` true
+    labels a class) in ``out``. Class names are zero-padded, so that their sorted order (the
+    column order labelclean expects of an ``.npy``) is their index order."""
+    rows = len(true)
+    given = true.copy()
+    flip = rng.random(rows) < noise
+    given[flip] = (true[flip] + rng.integers(1, classes, int(flip.sum()))) % classes
+    names = np.array([f"c{k:0{len(str(classes - 1))}d}" for k in range(classes)])
+    ids = np.array([f"s{i:07d}" for i in range(rows)])
+    manifest = {"id": ids, **({"path": paths} if paths is not None else {}), "label": names[given]}
+    pd.DataFrame(manifest).to_csv(out / "manifest.csv", index=False)
+    pd.DataFrame({"id": ids, "label": names[true]}).to_csv(out / "truth.csv", index=False)
+    picks = np.concatenate([rng.choice(np.flatnonzero(true == k), min(TRUSTED_PER_CLASS, int((true == k).sum())),
+                                       replace=False) for k in range(classes)])
+    pd.DataFrame({"id": ids[picks], "label": names[true[picks]]}).to_csv(out / "trusted.csv", index=False)
+    return out
+
+
 def make_embeddings(work: Path, rows: int, dim: int, classes: int, noise: float, seed: int) -> Path:
     """Write ``emb.npy`` (memory-mapped, chunk by chunk), ``manifest.csv``, ``trusted.csv`` and
     ``truth.csv`` for ``rows`` samples; returns the folder."""
@@ -64,17 +85,7 @@ def make_embeddings(work: Path, rows: int, dim: int, classes: int, noise: float,
         emb[start:start + len(y)] = centres[y] + rng.normal(0, 0.06, (len(y), dim)).astype(np.float32)
     emb.flush()
     del emb
-    given = true.copy()
-    flip = rng.random(rows) < noise
-    given[flip] = (true[flip] + rng.integers(1, classes, int(flip.sum()))) % classes
-    names = np.array([f"c{k}" for k in range(classes)])
-    ids = np.array([f"s{i:07d}" for i in range(rows)])
-    pd.DataFrame({"id": ids, "label": names[given]}).to_csv(out / "manifest.csv", index=False)
-    pd.DataFrame({"id": ids, "label": names[true]}).to_csv(out / "truth.csv", index=False)
-    picks = np.concatenate([rng.choice(np.flatnonzero(true == k), TRUSTED_PER_CLASS, replace=False)
-                            for k in range(classes)])
-    pd.DataFrame({"id": ids[picks], "label": names[true[picks]]}).to_csv(out / "trusted.csv", index=False)
-    return out
+    return write_labels(out, rng, true, classes, noise)
 
 
 def make_images(work: Path, rows: int, size: int, classes: int, noise: float, seed: int) -> Path:
@@ -98,17 +109,7 @@ def make_images(work: Path, rows: int, size: int, classes: int, noise: float, se
         path = sub / f"{i:07d}.png"
         Image.fromarray(img).save(path, compress_level=1)
         paths.append(str(path.relative_to(out)))
-    given = true.copy()
-    flip = rng.random(rows) < noise
-    given[flip] = (true[flip] + rng.integers(1, classes, int(flip.sum()))) % classes
-    names = np.array([f"c{k}" for k in range(classes)])
-    ids = np.array([f"s{i:07d}" for i in range(rows)])
-    pd.DataFrame({"id": ids, "path": paths, "label": names[given]}).to_csv(out / "manifest.csv", index=False)
-    pd.DataFrame({"id": ids, "label": names[true]}).to_csv(out / "truth.csv", index=False)
-    picks = np.concatenate([rng.choice(np.flatnonzero(true == k), TRUSTED_PER_CLASS, replace=False)
-                            for k in range(classes)])
-    pd.DataFrame({"id": ids[picks], "label": names[true[picks]]}).to_csv(out / "trusted.csv", index=False)
-    return out
+    return write_labels(out, rng, true, classes, noise, paths)
 
 
 def make_probs(work: Path, rows: int, classes: int, noise: float, seed: int) -> Path:
@@ -131,18 +132,7 @@ def make_probs(work: Path, rows: int, classes: int, noise: float, seed: int) -> 
         probs[start:start + len(y)] = z / z.sum(1, keepdims=True)
     probs.flush()
     del probs
-    given = true.copy()
-    flip = rng.random(rows) < noise
-    given[flip] = (true[flip] + rng.integers(1, classes, int(flip.sum()))) % classes
-    # Zero-padded names sort as the columns are written: an .npy's columns follow labelclean's class order.
-    names = np.array([f"c{k:0{len(str(classes - 1))}d}" for k in range(classes)])
-    ids = np.array([f"s{i:07d}" for i in range(rows)])
-    pd.DataFrame({"id": ids, "label": names[given]}).to_csv(out / "manifest.csv", index=False)
-    pd.DataFrame({"id": ids, "label": names[true]}).to_csv(out / "truth.csv", index=False)
-    picks = np.concatenate([rng.choice(np.flatnonzero(true == k), min(TRUSTED_PER_CLASS, int((true == k).sum())),
-                                       replace=False) for k in range(classes)])
-    pd.DataFrame({"id": ids[picks], "label": names[true[picks]]}).to_csv(out / "trusted.csv", index=False)
-    return out
+    return write_labels(out, rng, true, classes, noise)
 
 
 def generated(make: Any, *args: Any) -> Path:
