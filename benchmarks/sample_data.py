@@ -45,7 +45,7 @@ def main() -> None:
     base = next((w for m, _, _, w in rows if m == "ce"), None)
     lines = [
         f"## sample_data, meta scope {args.meta_scope} (scikit-learn digits, 1,797 images, "
-        "90 flipped labels, 100 trusted)",
+        f"90 flipped labels, {rows[0][1]['errors']} of them outside the 100 trusted rows)",
         "",
         f"Command: `{raw['command']}`; machine: {raw['machine']['cpu_count']} CPU cores, "
         f"torch {raw['machine']['torch']}. Default settings: image size "
