@@ -249,8 +249,8 @@ def alternative(belief: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.n
     """The most likely class other than the given one, and its share of the belief off it.
 
     ``belief`` is ``(N, C)``; returns ``(alt (N,), share (N,) in [0, 1])``. Works
-    :data:`CHUNK_CELLS` cells at a time in float64, so the only dense table is the caller's (a float64 copy of the
-    whole belief is 8 GB at a million rows and a thousand classes).
+    :data:`CHUNK_CELLS` cells at a time in float64, so the only dense table is the caller's
+    (a float64 copy of the whole belief is 8 GB at a million rows and a thousand classes).
     """
     n = len(given)
     chunk = max(1, CHUNK_CELLS // max(1, belief.shape[1]))

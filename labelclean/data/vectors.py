@@ -233,16 +233,15 @@ def read_pred_probs(path: Path, samples: Samples, id_column: str | None = None) 
     _finite(probs, path, flag, ids)
     sums = np.zeros(len(probs))
     bad = np.zeros(len(probs), dtype=bool)
-    for i in range(0, len(probs), CHUNK_ROWS):  # checked and normalised in place, by chunks
-        chunk = probs[i:i + CHUNK_ROWS]
-        sums[i:i + CHUNK_ROWS] = chunk.sum(axis=1, dtype=np.float64)
-        bad[i:i + CHUNK_ROWS] = (chunk < 0).any(axis=1)
+    for i in range(0, len(probs), CHUNK_ROWS):  # checked and normalised in place, in one pass
+        part = slice(i, i + CHUNK_ROWS)
+        sums[part] = probs[part].sum(axis=1, dtype=np.float64)
+        bad[part] = (probs[part] < 0).any(axis=1)
+        probs[part] /= np.where(sums[part] > 0, sums[part], 1.0)[:, None].astype(np.float32)
     bad |= np.abs(sums - 1) > PROB_SUM_TOLERANCE
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise DataError(f"{flag} {path}: {int(bad.sum())} row(s) are not probabilities (id "
                         f"{ids.iloc[i]!r} sums to {sums[i]:.4g}); expected non-negative "
                         "values summing to 1 per row (apply a softmax to logits)")
-    for i in range(0, len(probs), CHUNK_ROWS):
-        probs[i:i + CHUNK_ROWS] /= sums[i:i + CHUNK_ROWS, None].astype(np.float32)
     return probs

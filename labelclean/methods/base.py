@@ -256,8 +256,8 @@ class Dynamics:
 
     def columns(self) -> dict[str, np.ndarray]:
         """The training-dynamics evidence as score columns (higher = more suspicious)."""
-        return {"ce_suspicion": (1.0 - self.given()).clamp(0.0, 1.0).double().numpy(),
-                "late_suspicion": (1.0 - self.late_given()).clamp(0.0, 1.0).double().numpy(),
+        return {"ce_suspicion": given_suspicion(self.given()),
+                "late_suspicion": given_suspicion(self.late_given()),
                 "aum": self.aum().numpy()}
 
     def state_dict(self) -> dict[str, Any]:
@@ -282,7 +282,11 @@ def belief_suspicion(belief: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
     ``belief`` is ``(N, C)`` with rows summing to 1.
     """
-    p_given = belief.gather(1, labels.view(-1, 1).to(belief.device)).squeeze(1)
+    return given_suspicion(belief.gather(1, labels.view(-1, 1).to(belief.device)).squeeze(1))
+
+
+def given_suspicion(p_given: torch.Tensor) -> np.ndarray:
+    """Suspicion ``1 - p(label)`` from each row's probability of its label, ``(N,)`` numpy."""
     return (1.0 - p_given).clamp(0.0, 1.0).double().cpu().numpy()
 
 

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import labelclean.methods.state as tables
 from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import meta_gradient
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import check
+from labelclean.methods.state import row_chunks
 
 
 def corrected_nll(logits: Tensor, transition: Tensor, labels: Tensor) -> Tensor:
@@ -36,14 +36,13 @@ def posterior_given_noisy(probs: Tensor, transition: Tensor, labels: Tensor, out
                           ) -> Tensor:
     """``π_ik = f_ik T_{k,ỹ_i} / Σ_j f_ij T_{j,ỹ_i}``: ``(N, C)``, the true class given T.
 
-    Computed by row chunks (:func:`~labelclean.methods.state.chunk_rows`) into ``out`` (a new
+    Computed by row chunks (:func:`~labelclean.methods.state.row_chunks`) into ``out`` (a new
     tensor by default; ``probs`` itself to work in place), so no other ``(N, C)`` temporary
     exists."""
     out = torch.empty_like(probs) if out is None else out
-    chunk = tables.chunk_rows(probs.shape[1])
-    for i in range(0, len(probs), chunk):
-        joint = probs[i:i + chunk] * transition[:, labels[i:i + chunk]].T
-        out[i:i + chunk] = joint / joint.sum(1, keepdim=True).clamp_min(1e-12)
+    for part in row_chunks(*probs.shape):
+        joint = probs[part] * transition[:, labels[part]].T
+        out[part] = joint / joint.sum(1, keepdim=True).clamp_min(1e-12)
     return out
 
 

@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import labelclean.methods.state as tables
 from labelclean.methods.base import METHODS, Batch, Dynamics, Evidence, TrainContext, belief_suspicion
 from labelclean.methods.functional import (
     head_meta_sensitivity,
@@ -22,7 +21,7 @@ from labelclean.methods.functional import (
 )
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import check
-from labelclean.methods.state import saved_table, stochastic_round, table_dtype
+from labelclean.methods.state import row_chunks, saved_table, stochastic_round, table_dtype
 
 
 def kl_mean(logits: Tensor, soft: Tensor) -> Tensor:
@@ -135,9 +134,8 @@ class MSLG(MetaMethod):
         """``(N, C)`` float32 softmax of the table, row chunk by row chunk (no float32 copy of a
         float16 table beside the result)."""
         out = torch.empty(self.table.shape, dtype=torch.float32)
-        chunk = tables.chunk_rows(out.shape[1])
-        for i in range(0, len(out), chunk):
-            out[i:i + chunk] = self.table[i:i + chunk].float().softmax(1)
+        for part in row_chunks(*out.shape):
+            out[part] = self.table[part].float().softmax(1)
         return out
 
     def evidence(self) -> Evidence:

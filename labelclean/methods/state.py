@@ -13,6 +13,8 @@ with :func:`stochastic_round` instead, which is unbiased, so the steps survive i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 #: Rows x classes above which per-sample mean tables are stored in float16.
@@ -24,9 +26,13 @@ FLOAT16_ABOVE = 100_000_000
 CHUNK_CELLS = 1 << 22
 
 
-def chunk_rows(width: int) -> int:
-    """Rows per chunk of a table ``width`` columns wide (:data:`CHUNK_CELLS` cells)."""
-    return max(1, CHUNK_CELLS // max(1, width))
+def row_chunks(rows: int, width: int) -> Iterator[slice]:
+    """Slices covering ``rows`` rows of a table ``width`` columns wide, :data:`CHUNK_CELLS`
+    cells (at least one row) each."""
+    step = max(1, CHUNK_CELLS // max(1, width))
+    for i in range(0, rows, step):
+        yield slice(i, i + step)
+
 
 #: Per-class tables (``Evidence.arrays``, e.g. MSLG's soft labels) with more cells than this are
 #: not written to the run folder: at a million rows and a thousand classes one would be a 4 GB
@@ -63,11 +69,10 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: torch.Gener
 
 
 def add_chunked(out: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """``out += table`` in place, by chunks (:func:`chunk_rows`): adding a float16 table to a
+    """``out += table`` in place, by chunks (:func:`row_chunks`): adding a float16 table to a
     float32 one in one go makes a float32 copy of it first (4 GB at 10⁹ cells)."""
-    chunk = chunk_rows(out.shape[1])
-    for i in range(0, len(out), chunk):
-        out[i:i + chunk] += table[i:i + chunk]
+    for part in row_chunks(*out.shape):
+        out[part] += table[part]
     return out
 
 
@@ -109,10 +114,9 @@ class RowMeans:
         return out
 
     def add_mean_to(self, out: torch.Tensor) -> torch.Tensor:
-        """``out += mean()`` in place, by chunks (:func:`chunk_rows`; no dense float32 copy)."""
-        chunk = chunk_rows(out.shape[1])
-        for i in range(0, len(out), chunk):
-            out[i:i + chunk] += self.mean(rows=slice(i, i + chunk))
+        """``out += mean()`` in place, by chunks (:func:`row_chunks`; no dense float32 copy)."""
+        for part in row_chunks(*out.shape):
+            out[part] += self.mean(rows=part)
         return out
 
     def gather(self, cols: torch.Tensor) -> torch.Tensor:
