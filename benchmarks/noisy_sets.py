@@ -297,13 +297,15 @@ def render(raw: dict) -> str:
               if "columns" in result["rows"].get("auto", {})]
     if levers:
         lines += ["### Levers: AUROC / AP of each ranking inside the `auto` run", "",
-                  "`auto` ranks by the late-phase belief (`late_suspicion`); before this round it ranked "
-                  "by the members' mean calibrated posterior. F1 at cleanlab's count: the top k of "
-                  "each ranking, k = the number cleanlab flags.", "",
-                  "| setting | auto (late phase) | members' mean posterior (before) | final model, "
-                  "un-augmented | mean over all epochs | IEG | training-loss row (ce) | cleanlab | "
-                  "F1 at cleanlab's count: auto / ce / cleanlab |",
-                  "|---|---|---|---|---|---|---|---|---|", *levers, ""]
+                  "`auto` ranks by the final model's probability of the label over the un-augmented "
+                  "image and two shifted views (`final_views_suspicion`); before, by the late-phase "
+                  "belief (`late_suspicion`), and before that by the members' mean calibrated "
+                  "posterior. F1 at cleanlab's count: the top k of each ranking, k = the number "
+                  "cleanlab flags.", "",
+                  "| setting | auto (final model, shifted views) | late phase | members' mean "
+                  "posterior | final model, un-augmented | mean over all epochs | IEG | "
+                  "training-loss row (ce) | cleanlab | F1 at cleanlab's count: auto / ce / cleanlab |",
+                  "|---|---|---|---|---|---|---|---|---|---|", *levers, ""]
     if targets:
         lines += ["### Targets (default `auto` against cleanlab and the oracle)", "",
                   "| setting | F1 auto / cleanlab | AUROC auto / cleanlab | wall auto / cleanlab | "
@@ -330,7 +332,8 @@ def lever_row(setting: str, rows: dict) -> str:
     loss, cl = rows.get("training loss"), rows.get("cleanlab")
     f1s = " / ".join(fmt(rows[n].get("f1_at_cleanlab_count", float("nan"))) if n in rows else "n/a"
                      for n in ("auto", "ce")) + (f" / {fmt(cl['f1'])}" if cl else " / n/a")
-    return (f"| {setting} | {pair(cols.get('late_suspicion'))} | {pair(cols.get('members_mean_p_wrong'))} | "
+    return (f"| {setting} | {pair(cols.get('final_views_suspicion'))} | {pair(cols.get('late_suspicion'))} | "
+            f"{pair(cols.get('members_mean_p_wrong'))} | "
             f"{pair(cols.get('final_suspicion'))} | {pair(cols.get('ce_suspicion'))} | "
             f"{pair(cols.get('ieg_suspicion'))} | {pair(loss)} | {pair(cl)} | {f1s} |")
 

@@ -13,6 +13,7 @@ from labelclean.methods import METHODS, Batch, TrainContext
 from labelclean.methods.mlnt import head_fast_logits, kl_mean_elements, synthetic_labels
 from labelclean.metrics import auroc
 from labelclean.models import build_backbone
+from labelclean.train.augment import shifted
 
 NAMES = METHODS.names()
 META = [n for n in NAMES if n not in ("ce", "auto")]
@@ -411,3 +412,42 @@ def test_auto_belief_is_the_mean_of_its_members_beliefs():
     labels = m.context.labels.numpy()
     doubting = np.stack([b.argmax(1) != labels for b in members])
     assert np.allclose(evidence.columns["agreement"], doubting.mean(0))
+
+
+def test_views_given_averages_the_labels_probability_over_the_image_and_its_shifts():
+    n, c = 10, 3
+    torch.manual_seed(0)
+    pixels = torch.rand(n, 3, 8, 8)
+    labels = torch.arange(n) % c
+    model = build_backbone("test_tiny", c).eval()
+    config = RunConfig(dataset="unused", method="ce", epochs=1, batch_size=4)
+    ctx = TrainContext(model=model, num_classes=c, labels=labels, verified=torch.zeros(n, dtype=torch.bool),
+                       sample_ids=[f"s{i}" for i in range(n)], epochs=1, steps_per_epoch=1, batch_size=4,
+                       generator=torch.Generator().manual_seed(0), device=torch.device("cpu"),
+                       config=config, load=lambda rows, aug: pixels[rows], notice=lambda m: None,
+                       load_shifted=lambda rows, dy, dx: shifted(pixels[rows], dy, dx))
+    final = ctx.predict()
+    got = ctx.views_given(final, ((-1, 1), (1, -1)), batch_size=3)  # chunks of 3 over 10 rows
+    with torch.no_grad():
+        views = [model(pixels).softmax(1), model(shifted(pixels, -1, 1)).softmax(1),
+                 model(shifted(pixels, 1, -1)).softmax(1)]
+    want = torch.stack([v[torch.arange(n), labels] for v in views]).mean(0)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, views[0][torch.arange(n), labels], atol=1e-4)  # the shifts count
+    assert model.training is False
+
+
+def test_auto_ranks_by_the_final_models_shifted_views_and_says_so(tiny, tmp_path):
+    result = audit(_config(tiny, tmp_path, "auto", epochs=4))
+    assert result.summary["method_summary"]["ranked_by"] == "final model, shifted views"
+    s = result.scores[~result.scores["verified"]]
+    assert s["final_views_suspicion"].between(0, 1).all()
+    by_views = s.sort_values("final_views_suspicion", ascending=False, kind="stable")["sample_id"]
+    assert by_views.tolist() == s.sort_values("rank")["sample_id"].tolist()
+    # The views are their own evidence, not the single un-augmented view.
+    assert not np.allclose(s["final_views_suspicion"], s["final_suspicion"])
+    late = audit(_config(tiny, tmp_path, "auto", epochs=4, out="late", method_options={"rank": "late"}))
+    assert late.summary["method_summary"]["ranked_by"] == "late-phase belief"
+    assert "final_views_suspicion" not in late.scores.columns
+    plain = audit(_config(tiny, tmp_path, "auto", epochs=4, out="plain", augment="none"))
+    assert plain.summary["method_summary"]["ranked_by"] == "late-phase belief"  # no shifted views

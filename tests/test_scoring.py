@@ -18,7 +18,7 @@ from labelclean.scoring import (
     threshold_flags,
     transition_from_labels,
 )
-from labelclean.train.augment import random_crop_flip
+from labelclean.train.augment import random_crop_flip, shifted
 from labelclean.train.loop import learning_rate
 
 
@@ -122,6 +122,16 @@ def test_crop_flip_is_a_per_sample_shift_or_mirror():
     for i in range(2):
         values = set(out[i].flatten().tolist()) - {0.0}
         assert values <= set(x[i].flatten().tolist())
+
+
+def test_a_shifted_view_moves_the_image_and_fills_with_zeros():
+    x = torch.arange(1, 2 * 3 * 5 * 5 + 1, dtype=torch.float32).view(2, 3, 5, 5)
+    out = shifted(x, 1, -1)  # the content of row i + 1, column j - 1 lands at (i, j)
+    assert out.shape == x.shape
+    assert torch.equal(out[..., :-1, 1:], x[..., 1:, :-1])
+    assert (out[..., -1, :] == 0).all() and (out[..., :, 0] == 0).all()
+    assert torch.equal(shifted(x, -2, 2)[..., 2:, :-2], x[..., :-2, 2:])
+    assert torch.equal(shifted(x, 0, 0), x)
 
 
 def test_overlapping_components_flag_the_estimated_count_for_review_only():

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from labelclean.errors import UsageError
-from labelclean.methods.base import METHODS, Batch, Dynamics, TrainContext
+from labelclean.methods.base import METHODS, Batch, Dynamics, TrainContext, given_suspicion
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import split_nested
 from labelclean.scoring import Evidence
@@ -26,13 +26,15 @@ def member_names() -> list[str]:
 class AutoOptions(MetaOptions):
     """``members``: comma-separated member names, or ``all``. ``second_view``: ``teacher``
     (a member's teacher on the second view, one forward less) or ``student`` (the papers').
-    ``rank``: ``late`` (the late-phase training belief orders the samples, the members'
-    calibrated posteriors set the level) or ``members`` (the mean of those posteriors orders
-    them too)."""
+    ``rank``: what orders the samples while the members' calibrated posteriors set the level:
+    ``final`` (the final model's probability of the label over the un-augmented image and two
+    shifted views; the late-phase belief where the inputs have no shifted views: vectors,
+    ``--augment none``), ``late`` (the late-phase training belief) or ``members`` (the mean of
+    the members' posteriors)."""
 
     members: str = "all"
     second_view: Literal["teacher", "student"] = "teacher"
-    rank: Literal["late", "members"] = "late"
+    rank: Literal["final", "late", "members"] = "final"
 
     def selected(self) -> list[str]:
         if self.members.strip() == "all":
@@ -159,6 +161,9 @@ class Auto(MetaMethod):
         for m in self.members.values():
             m.after_step(batch)
 
+    def wants_final_views(self) -> bool:
+        return self.options.rank == "final"
+
     def evidence(self) -> Evidence:
         ctx = self.context
         labels = ctx.labels.cpu().numpy()
@@ -190,8 +195,14 @@ class Auto(MetaMethod):
         columns["agreement"] = doubted.mean(0)
         columns["doubted_by"] = np.array([",".join(names[doubted[:, i]]) for i in range(len(labels))],
                                          dtype=object)
-        summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries}
-        rank_by = columns["late_suspicion"] if self.options.rank == "late" else None
+        rank_by, ranked_by = None, "members' mean posterior"
+        if self.options.rank == "final" and ctx.final_given is not None:
+            columns["final_views_suspicion"] = given_suspicion(ctx.final_given)
+            rank_by, ranked_by = columns["final_views_suspicion"], "final model, shifted views"
+        elif self.options.rank in ("final", "late"):
+            rank_by, ranked_by = columns["late_suspicion"], "late-phase belief"
+        summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
+                   "ranked_by": ranked_by}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,
                         rank_by=rank_by)
 

@@ -74,6 +74,14 @@ class TrainContext:
     epoch: int = 0
     #: Autocast dtype of forward passes (``--precision``); ``None``: float32.
     amp_dtype: torch.dtype | None = None
+    #: ``(rows, dy, dx) -> normalised images`` moved by ``(dy, dx)`` pixels
+    #: (:func:`labelclean.train.augment.shifted`); ``None`` where no such view exists (vectors,
+    #: ``--augment none``).
+    load_shifted: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None
+    #: ``(N,)`` the final model's probability of each row's label, averaged over the un-augmented
+    #: image and the shifted views (:meth:`views_given`); set by the loop after training for a
+    #: method whose :meth:`Method.wants_final_views` is true, where the views exist.
+    final_given: torch.Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -96,6 +104,34 @@ class TrainContext:
     def predict(self, rows: torch.Tensor | None = None, batch_size: int = 512) -> torch.Tensor:
         """Softmax probabilities ``(len(rows), C)`` of the current model in eval mode."""
         return self.forward_all(lambda x: self.model(x).softmax(1), rows, batch_size)
+
+    @torch.no_grad()
+    def views_given(self, final: torch.Tensor, shifts: tuple[tuple[int, int], ...],
+                    batch_size: int = 512) -> torch.Tensor:
+        """``(N,)`` the current model's probability of each row's label, averaged over the
+        un-augmented image (``final``, its ``(N, C)`` probabilities) and one view per
+        ``(dy, dx)`` in ``shifts`` (:attr:`load_shifted`), eval mode.
+
+        A label the network memorised against its image holds on that exact image but is
+        fragile when the image moves by a pixel or two; a label that fits the image is not.
+        Only the label's probability is kept per view: ``(N,)``, not another ``(N, C)`` table.
+        """
+        if self.load_shifted is None:
+            raise RuntimeError("views_given: this run has no shifted views")
+        labels = self.labels.cpu()
+        total = final.gather(1, labels.view(-1, 1))[:, 0].double()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for dy, dx in shifts:
+                for i in range(0, self.num_samples, batch_size):
+                    rows = torch.arange(i, min(i + batch_size, self.num_samples))
+                    with self.autocast():
+                        p = self.model(self.load_shifted(rows, dy, dx)).float().softmax(1).cpu()
+                    total[rows] += p.gather(1, labels[rows].view(-1, 1))[:, 0].double()
+        finally:
+            self.model.train(was_training)
+        return (total / (1 + len(shifts))).float()
 
     @torch.no_grad()
     def forward_all(
@@ -174,6 +210,11 @@ class Method:
 
     def on_epoch_end(self, epoch: int) -> None:
         pass
+
+    def wants_final_views(self) -> bool:
+        """Whether :meth:`evidence` reads ``ctx.final_given`` (the loop computes it only then:
+        two forward passes over the data)."""
+        return False
 
     def evidence(self) -> Evidence:
         raise NotImplementedError

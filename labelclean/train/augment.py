@@ -33,3 +33,25 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
     if kind == "none":
         return x
     return random_crop_flip(x, generator, padding=max(1, x.shape[-1] // 8), flip=kind == "crop-flip")
+
+
+def shift_size(size: int) -> int:
+    """Pixels a test-time view is moved by: half the crop padding of :func:`augment`."""
+    return max(1, size // 16)
+
+
+#: Test-time views of the final model, as ``(dy, dx)`` multiples of :func:`shift_size`: the two
+#: opposite diagonal shifts, next to the un-augmented image. Four diagonal shifts ranked no better
+#: on CIFAR-10 (docs/benchmarks.md, ``levers_tta``); a mirror ranked worse.
+SHIFTED_VIEWS = ((-1, 1), (1, -1))
+
+
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``(B, C, H, W)`` moved by ``dy`` rows and ``dx`` columns with zero fill: the frame a training
+    crop of :func:`random_crop_flip` gives with that offset."""
+    p = max(abs(dy), abs(dx))
+    if p == 0:
+        return x
+    h, w = x.shape[-2:]
+    xp = torch.nn.functional.pad(x, (p, p, p, p))
+    return xp[..., p + dy : p + dy + h, p + dx : p + dx + w]

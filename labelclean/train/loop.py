@@ -31,7 +31,7 @@ from labelclean.io import atomic_write
 from labelclean.methods.base import Batch, Evidence, Method, TrainContext
 from labelclean.models import Backbone, build_backbone, linear_probe
 from labelclean.progress import Reporter
-from labelclean.train.augment import augment
+from labelclean.train.augment import SHIFTED_VIEWS, augment, shift_size, shifted
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -185,16 +185,22 @@ def train(
 
     pin = device.type == "cuda"  # page-locked host batches copy to the GPU asynchronously
 
-    def load(rows: torch.Tensor, augmented: bool) -> torch.Tensor:
-        x = inputs[rows.cpu()]
-        if augmented and not vectors:
-            x = augment(x, config.augment, generator)
+    def prepare(x: torch.Tensor) -> torch.Tensor:
         if pin:
             x = x.pin_memory()
         if vectors:
             return x.to(device, non_blocking=True).float().sub_(mean).div_(std)
         x = x.to(device, non_blocking=True).float().div_(255.0).sub_(mean).div_(std)
         return x.contiguous(memory_format=memory_format)
+
+    def load(rows: torch.Tensor, augmented: bool) -> torch.Tensor:
+        x = inputs[rows.cpu()]
+        if augmented and not vectors:
+            x = augment(x, config.augment, generator)
+        return prepare(x)
+
+    def load_shifted(rows: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        return prepare(shifted(inputs[rows.cpu()], dy, dx))
 
     batch_size = min(config.batch_size, n)
     steps_per_epoch = max(1, n // batch_size)
@@ -203,6 +209,7 @@ def train(
         verified=verified.to(device), sample_ids=sample_ids, epochs=config.epochs,
         steps_per_epoch=steps_per_epoch, batch_size=batch_size, generator=generator,
         device=device, config=config, load=load, notice=reporter.notice, amp_dtype=amp,
+        load_shifted=None if vectors or config.augment == "none" else load_shifted,
     )
     method.setup(ctx)
     optimizer = torch.optim.SGD(
@@ -265,8 +272,12 @@ def train(
                              ctx.step, data_fingerprint(sample_ids, labels, verified))
     seconds = time.perf_counter() - started
     model.eval()
+    final_t = ctx.predict()
+    if method.wants_final_views() and ctx.load_shifted is not None:
+        step = shift_size(inputs.shape[-1])
+        ctx.final_given = ctx.views_given(final_t, tuple((dy * step, dx * step) for dy, dx in SHIFTED_VIEWS))
     evidence = method.evidence()
-    final = ctx.predict().numpy()
+    final = final_t.numpy()
     return TrainResult(model, evidence, config.epochs, ctx.step, seconds, seen, start_epoch, final,
                        device=device.type, precision="bf16" if amp == torch.bfloat16 else "fp32")
 
