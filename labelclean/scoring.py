@@ -25,12 +25,13 @@ The rule (docs/methods.md, "Scoring"):
 * ``suggested_label``: the most likely class other than the given one (the proposal if the
   label is wrong); on verified rows, the verified label. ``predicted_label``: ``argmax belief``.
 * Rank: by suspicion among unverified rows, 1 = most suspicious; ties keep row order. For a
-  combination with ``Evidence.rank_by`` (``auto``: the late-phase training belief), the
+  combination with ``Evidence.rank_by`` (``auto``: the final model's probability of the label
+  over the un-augmented image and two shifted views), the
   suspicion is ``rank_by`` and the members' combined posteriors are re-assigned by rank
   (:func:`rank_posteriors`): the order comes from the score that ranks best, the count and the
   level of ``P(wrong)`` from the calibrated members, and the relabel vote stays each sample's
-  own. (On CIFAR-10 human-like noise the late-phase belief ranks better than every member and
-  than their combined posterior: docs/benchmarks.md, ``levers``.)
+  own. (On CIFAR-10 that ranking beats every member, their combined posterior and the
+  late-phase training belief on all seven noise settings: docs/benchmarks.md, ``levers_tta``.)
 * The estimated noise rate is the mean ``P(wrong)``, overall and per given class.
 """
 
