@@ -103,7 +103,7 @@ class TrainContext:
     @torch.no_grad()
     def predict(self, rows: torch.Tensor | None = None, batch_size: int = 512) -> torch.Tensor:
         """Softmax probabilities ``(len(rows), C)`` of the current model in eval mode."""
-        return self.forward_all(lambda x: self.model(x).softmax(1), rows, batch_size)
+        return self.forward_all(lambda x, _: self.model(x).softmax(1), rows, batch_size)
 
     @torch.no_grad()
     def views_given(self, final: torch.Tensor, shifts: tuple[tuple[int, int], ...],
@@ -116,42 +116,44 @@ class TrainContext:
         fragile when the image moves by a pixel or two; a label that fits the image is not.
         Only the label's probability is kept per view: ``(N,)``, not another ``(N, C)`` table.
         """
-        if self.load_shifted is None:
+        shifted = self.load_shifted
+        if shifted is None:
             raise RuntimeError("views_given: this run has no shifted views")
-        labels = self.labels.cpu()
-        total = final.gather(1, labels.view(-1, 1))[:, 0].double()
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for dy, dx in shifts:
-                for i in range(0, self.num_samples, batch_size):
-                    rows = torch.arange(i, min(i + batch_size, self.num_samples))
-                    with self.autocast():
-                        p = self.model(self.load_shifted(rows, dy, dx)).float().softmax(1).cpu()
-                    total[rows] += p.gather(1, labels[rows].view(-1, 1))[:, 0].double()
-        finally:
-            self.model.train(was_training)
+        total = final.gather(1, self.labels.cpu().view(-1, 1))[:, 0].double()
+
+        def p_label(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return self.model(x).float().softmax(1).gather(1, self.labels[rows.to(x.device)].view(-1, 1))[:, 0]
+
+        for dy, dx in shifts:
+            view = self.forward_all(p_label, batch_size=batch_size,
+                                    load=lambda rows: shifted(rows, dy, dx))  # noqa: B023 (used at once)
+            total += view.double()
         return (total / (1 + len(shifts))).float()
 
     @torch.no_grad()
     def forward_all(
         self,
-        fn: Callable[[torch.Tensor], torch.Tensor],
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         rows: torch.Tensor | None = None,
         batch_size: int = 512,
+        load: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Apply ``fn`` to un-augmented images of ``rows`` (all rows by default), eval mode.
+        """Apply ``fn(images, rows)`` to the images of ``rows`` (all rows by default), a chunk at
+        a time in eval mode; the images are un-augmented unless ``load`` (rows -> images) says
+        otherwise.
 
         The output is allocated once and filled chunk by chunk (a list of chunks joined at the
         end would hold it twice: 4 GB at a million 512-d rows)."""
         rows = torch.arange(self.num_samples) if rows is None else rows
+        load = (lambda r: self.load(r, False)) if load is None else load
         was_training = self.model.training
         self.model.eval()
         out = torch.empty(0)
         try:
             for i in range(0, len(rows), batch_size):
+                part = rows[i : i + batch_size]
                 with self.autocast():
-                    chunk = fn(self.load(rows[i : i + batch_size], False)).float().cpu()
+                    chunk = fn(load(part), part).float().cpu()
                 if i == 0:
                     out = torch.empty((len(rows), *chunk.shape[1:]), dtype=chunk.dtype)
                 out[i : i + len(chunk)] = chunk

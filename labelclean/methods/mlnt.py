@@ -186,7 +186,7 @@ class MLNT(MetaMethod):
         ctx = self.context
         net.eval()
         try:
-            return ctx.forward_all(lambda x: fn(net, x), rows)
+            return ctx.forward_all(lambda x, _: fn(net, x), rows)
         finally:
             net.train()
 

@@ -35,15 +35,17 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
     return random_crop_flip(x, generator, padding=max(1, x.shape[-1] // 8), flip=kind == "crop-flip")
 
 
-def shift_size(size: int) -> int:
-    """Pixels a test-time view is moved by: half the crop padding of :func:`augment`."""
-    return max(1, size // 16)
-
-
-#: Test-time views of the final model, as ``(dy, dx)`` multiples of :func:`shift_size`: the two
+#: Test-time views of the final model, as ``(dy, dx)`` multiples of the shift: the two
 #: opposite diagonal shifts, next to the un-augmented image. Four diagonal shifts ranked no better
 #: on CIFAR-10 (docs/benchmarks.md, ``levers_tta``); a mirror ranked worse.
 SHIFTED_VIEWS = ((-1, 1), (1, -1))
+
+
+def view_shifts(size: int) -> tuple[tuple[int, int], ...]:
+    """:data:`SHIFTED_VIEWS` in pixels for ``size``-pixel images: half the crop padding of
+    :func:`augment` (2 pixels at 32)."""
+    step = max(1, size // 16)
+    return tuple((dy * step, dx * step) for dy, dx in SHIFTED_VIEWS)
 
 
 def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ from labelclean.io import atomic_write
 from labelclean.methods.base import Batch, Evidence, Method, TrainContext
 from labelclean.models import Backbone, build_backbone, linear_probe
 from labelclean.progress import Reporter
-from labelclean.train.augment import SHIFTED_VIEWS, augment, shift_size, shifted
+from labelclean.train.augment import augment, shifted, view_shifts
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -274,8 +274,7 @@ def train(
     model.eval()
     final_t = ctx.predict()
     if method.wants_final_views() and ctx.load_shifted is not None:
-        step = shift_size(inputs.shape[-1])
-        ctx.final_given = ctx.views_given(final_t, tuple((dy * step, dx * step) for dy, dx in SHIFTED_VIEWS))
+        ctx.final_given = ctx.views_given(final_t, view_shifts(inputs.shape[-1]))
     evidence = method.evidence()
     final = final_t.numpy()
     return TrainResult(model, evidence, config.epochs, ctx.step, seconds, seen, start_epoch, final,
