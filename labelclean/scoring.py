@@ -14,7 +14,9 @@ The rule (docs/methods.md, "Scoring"):
   (their raw scores live on different scales) and ``P(wrong)`` is the mean of those.
 * **Flagged** (``is_suspect``): most suspicious first, as many as give the highest expected F1
   (:func:`f1_optimal_count`) for the estimated number of wrong labels (the sum of ``P(wrong)``,
-  or the exam's count); ``flag_rule="count"`` flags exactly that number. (Flagging where
+  or the exam's count), planned with the posteriors of a ranking as good as the exam measured
+  (:func:`binormal_posteriors`) where the exam can measure it; ``flag_rule="count"`` flags
+  exactly that number. (Flagging where
   ``P(wrong) >= 0.5`` flags far fewer than the estimate when the components overlap: 431 for
   871 wrong labels on CIFAR-10 with 40% uniform noise, against 651 by the count; the F1 cut
   raised auto's F1 on six of seven CIFAR-10 settings: docs/benchmarks.md, ``levers_f1``.)
@@ -40,11 +42,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
-from labelclean.exam import NO_EXAM, NO_EXAM_COUNT, Exam, estimates, flag_count, interval
+from labelclean.exam import NO_EXAM, NO_EXAM_COUNT, Exam, estimates, flag_count, interval, separation
 from labelclean.run import schema as S
 
 #: P(wrong) at which evidence is strong enough to relabel without review (a 10% error rate
@@ -268,6 +271,30 @@ def alternative(belief: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.n
     return alt, share
 
 
+def binormal_posteriors(n: int, prevalence: float, separation: float, grid: int = 4001) -> np.ndarray:
+    """``P(wrong)`` of the rows ranked ``1..n`` by a score with AUROC ``separation`` when a
+    share ``prevalence`` of the labels is wrong, most suspicious first.
+
+    The equal-variance binormal model (Swets; Hanley & McNeil, 1982): the score is ``N(0, 1)`` on
+    right labels and ``N(d, 1)`` on wrong ones, ``d = √2 Φ⁻¹(AUROC)``. The row at rank ``i`` sits
+    at the score whose mixture survival is ``(i − ½) / n``, and its posterior is Bayes' at that
+    score. A weak ranking gives flat posteriors (at AUROC 0.5 every row gets ``prevalence``),
+    a strong one a step at ``prevalence · n``; the sum is about ``prevalence · n`` either way.
+    Only the AUROC and the prevalence enter, not the score's scale, so the exam can supply both.
+    """
+    if n <= 0:
+        return np.zeros(0)
+    pi = float(np.clip(prevalence, 1e-6, 1 - 1e-6))
+    d = math.sqrt(2.0) * NormalDist().inv_cdf(float(np.clip(separation, 0.5, 1 - 1e-6)))
+    t = np.linspace(-9.0, d + 9.0, grid)
+    erfc = np.vectorize(math.erfc)
+    surv = (1 - pi) * 0.5 * erfc(t / math.sqrt(2.0)) + pi * 0.5 * erfc((t - d) / math.sqrt(2.0))
+    log_odds = math.log(pi / (1 - pi)) + d * t - 0.5 * d * d  # log φ(t − d) − log φ(t)
+    post = 1.0 / (1.0 + np.exp(-log_odds))
+    quantile = (np.arange(n) + 0.5) / n
+    return np.interp(quantile, surv[::-1], post[::-1])  # surv falls as t rises
+
+
 def f1_optimal_count(p_in_rank_order: np.ndarray, expected_errors: float) -> int:
     """The ``k`` whose top-``k`` flagged set has the highest expected F1.
 
@@ -295,6 +322,7 @@ def decide(
     strong: np.ndarray | None = None,
     count: Callable[[int], tuple[int, str]] | None = None,
     flag_rule: str = "f1",
+    separation: float | None = None,
 ) -> Decision:
     """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold.
 
@@ -305,7 +333,11 @@ def decide(
     ``count`` maps the estimated count of wrong labels to the count of wrong labels to plan
     for and its source (the exam's, :func:`labelclean.exam.flag_count`). ``flag_rule``:
     ``count`` flags that many, ``f1`` the number with the highest expected F1
-    (:func:`f1_optimal_count`, the posteriors scaled to sum to that count).
+    (:func:`f1_optimal_count`, the posteriors scaled to sum to that count). ``separation``: the
+    ranking's AUROC as the exam measured it (:func:`labelclean.exam.separation`); the F1 cut
+    then uses the posteriors a ranking that good gives at that count
+    (:func:`binormal_posteriors`) instead of the model's, which are sharper than its ranking
+    on structured noise.
     """
     mixture = fit_mixture(suspicion) if posterior is None else None
     if posterior is not None:
@@ -323,7 +355,11 @@ def decide(
     if count is not None:
         expected, source = count(expected)
     flagged = expected
-    if flag_rule == "f1" and expected > 0:
+    if flag_rule == "f1" and expected > 0 and separation is not None:
+        in_order = binormal_posteriors(len(suspicion), expected / len(suspicion), separation)
+        flagged = f1_optimal_count(in_order, expected)
+        source += f" and the exam's AUROC {separation:.2f}"
+    elif flag_rule == "f1" and expected > 0:
         in_order = posterior[np.argsort(-suspicion, kind="stable")]
         total = float(in_order.sum())
         scaled = in_order * (expected / total) if total > 0 else in_order
@@ -454,8 +490,11 @@ def score(
         columns["strong_votes"] = combined.votes
     alt, share = alternative(belief, given)
     count = None
+    ranking_auroc = None
     if reveal.any():
-        rate = interval(int((given[reveal] != verified_label[reveal]).sum()), int(reveal.sum()))
+        exam_wrong = given[reveal] != verified_label[reveal]
+        rate = interval(int(exam_wrong.sum()), int(reveal.sum()))
+        ranking_auroc = separation(exam_wrong, suspicion[reveal])
 
         def count(expected: int) -> tuple[int, str]:
             return flag_count(rate, expected, int(free.sum()))
@@ -463,7 +502,7 @@ def score(
     decision = decide(
         suspicion[free], share[free] >= ALTERNATIVE_SHARE, threshold,
         None if posterior is None else posterior[free], None if strong is None else strong[free],
-        count, flag_rule,
+        count, flag_rule, ranking_auroc,
     )
     model_rate = float(decision.posterior.mean()) if free.any() else 0.0
     n = len(given)

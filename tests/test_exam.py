@@ -12,14 +12,18 @@ from labelclean import RunConfig, audit
 from labelclean.exam import (
     MIN_EXAM,
     MIN_REFERENCE_PER_CLASS,
+    SEPARATION_BOUNDS,
     Exam,
+    estimate_lines,
     estimates,
     flag_count,
     interval,
     representativeness,
+    separation,
     split_exam,
     wilson,
 )
+from labelclean.metrics import auroc
 from labelclean.scoring import Evidence, score
 from tests.conftest import FAST
 
@@ -90,6 +94,13 @@ def test_exam_rows_are_decided_blind_then_revealed_as_verified():
     count, source = flag_count(e["noise_rate"], round(scored.model_noise_rate * decided), decided)
     assert source.startswith("exam") and summary["flag_count_source"] == source
     assert scored.is_suspect.sum() + scored.exam.flagged.sum() == count
+    # The F1 cut plans for the ranking the exam measured, blind rows and all.
+    f1 = score(Evidence(suspicion, belief / belief.sum(1, keepdims=True)), given, verified,
+               np.where(verified, truth, given), exam=exam, seed=1)
+    measured = auroc(suspicion[:100], wrong[:100])
+    assert f1.flag_count_source.endswith(f"the exam's AUROC {measured:.2f}")
+    assert f1.summary(given, np.where(verified, truth, given), verified, ["a", "b", "c"])[
+        "estimates"]["ranking_auroc"]["estimate"] == pytest.approx(measured, abs=1e-4)
 
 
 def test_the_flag_count_follows_the_exam_only_when_the_model_is_outside_its_interval():
@@ -105,6 +116,26 @@ def test_top_n_is_not_claimed_without_wrong_labels_in_the_exam():
                 np.linspace(0, 1, 30))
     e = estimates(exam, 1000, 10, np.linspace(0, 1, 1000), 0.05, ["x", "y"], 0)
     assert e["recall"] is None and "too few" in e["recall_note"] and e["top_n"] == []
+
+
+def test_the_exam_measures_the_rankings_auroc_with_an_interval():
+    rng = np.random.default_rng(3)
+    wrong = np.r_[np.ones(15, bool), np.zeros(45, bool)]
+    suspicion = np.clip(rng.normal(0.3 + 0.25 * wrong, 0.2), 0, 1)
+    a = auroc(suspicion, wrong)
+    assert separation(wrong, suspicion) == pytest.approx(np.clip(a, *SEPARATION_BOUNDS))
+    assert separation(wrong, 1 - suspicion) == SEPARATION_BOUNDS[0]  # worse than chance: the floor
+    assert separation(wrong[11:], suspicion[11:]) is None  # 4 wrong labels: not measurable
+    exam = Exam(np.zeros(60, int), np.where(wrong, 1, 0), suspicion > 0.5, suspicion)
+    e = estimates(exam, 1000, 100, np.linspace(0, 1, 1000), 0.25, ["x", "y"], 0)
+    r = e["ranking_auroc"]
+    assert r["estimate"] == pytest.approx(a, abs=1e-4) and r["low"] < r["estimate"] < r["high"]
+    assert r["high"] - r["low"] > 0.1  # 15 wrong labels cannot pin it down closely
+    summary = {"estimates": e, "flag_count_source": "model estimate"}
+    assert any(f"AUROC {a:.2f}" in line for line in estimate_lines(summary))
+    few = estimates(Exam(exam.given[11:], exam.truth[11:], exam.flagged[11:], suspicion[11:]),
+                    1000, 100, np.linspace(0, 1, 1000), 0.25, ["x", "y"], 0)
+    assert few["ranking_auroc"] is None
 
 
 def test_representativeness_warns_on_a_skewed_verified_set():

@@ -1,4 +1,5 @@
 import itertools
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from labelclean.metrics import auroc, average_precision, detection_metrics, prec
 from labelclean.scoring import (
     Evidence,
     alternative,
+    binormal_posteriors,
     combine_members,
     decide,
     f1_optimal_count,
@@ -192,6 +194,44 @@ def test_f1_cut_plans_for_the_exams_count():
     low = decide(s, np.ones(1000, bool), posterior=p, count=lambda e: (e, "model"))
     high = decide(s, np.ones(1000, bool), posterior=p, count=lambda e: (300, "exam"))
     assert high.is_suspect.sum() > low.is_suspect.sum()
+
+
+def test_binormal_posteriors_sum_to_the_count_and_rank_as_well_as_the_auroc_says():
+    """Truth drawn from the posteriors ranks, in rank order, with the AUROC they were built for;
+    chance gives flat posteriors and a near-perfect ranking a step at the count."""
+    n, pi = 3000, 0.3
+    assert np.allclose(binormal_posteriors(n, pi, 0.5), pi)
+    step = binormal_posteriors(n, pi, 0.999)
+    assert step[:800].min() > 0.95 and step[1000:].max() < 0.05
+    rng = np.random.default_rng(0)
+    for a in (0.62, 0.75, 0.9):
+        p = binormal_posteriors(n, pi, a)
+        assert np.all(np.diff(p) <= 1e-12) and abs(p.sum() - n * pi) < 0.01 * n
+        truth = rng.random((40, n)) < p
+        rank_score = np.arange(n, 0, -1)
+        realised = np.mean([auroc(rank_score, t) for t in truth])
+        assert abs(realised - a) < 0.01, (a, realised)
+
+
+def test_the_exams_auroc_flags_what_a_ranking_that_good_should():
+    """A weak ranking (AUROC 0.66) at 40% noise whose posteriors claim more: the cut planned for
+    the measured AUROC finds a higher F1 than the one planned on the sharp posteriors."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    wrong = rng.random(n) < 0.4
+    d = np.sqrt(2) * NormalDist().inv_cdf(0.66)  # AUROC 0.66 under the binormal model
+    s = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + d * wrong)))
+    a = auroc(s, wrong)
+    sharp = rank_posteriors(s, binormal_posteriors(n, 0.4, 0.85))  # what the members claim
+    plain = decide(s, np.ones(n, bool), posterior=sharp, count=lambda e: (round(0.4 * n), "exam"))
+    measured = decide(s, np.ones(n, bool), posterior=sharp, count=lambda e: (round(0.4 * n), "exam"),
+                      separation=a)
+    f1 = [precision_recall_f1(x.is_suspect, wrong)["f1"] for x in (plain, measured)]
+    assert measured.is_suspect.sum() > plain.is_suspect.sum() * 1.3
+    assert f1[1] > f1[0] + 0.03, f1
+    assert "the exam's AUROC" in measured.threshold_method and measured.count_source.startswith("exam")
+    # P(wrong) itself stays the model's: only the cut moves.
+    assert np.array_equal(measured.posterior, plain.posterior)
 
 
 # -- the combination auto hands to scoring: calibration and votes ------------------------
