@@ -242,6 +242,27 @@ def test_auto_runs_one_teacher_forward_per_step_and_shares_it(view):
     assert torch.equal(seen[0], batch.x2 if view == "teacher" else batch.x)
 
 
+def test_auto_trains_on_the_chosen_members_while_every_member_keeps_learning():
+    """``train_on``: the network's loss is the mean of those members' losses; the others still
+    run their meta step each batch (their per-sample state moves) but add nothing to it."""
+    m, ctx, batch = _context("auto", train_on="mlc,mlnt")
+    table = m.members["mslg"].table.clone()
+    calls = []
+    constant = {"ieg": 100.0, "mlc": 1.0, "mlnt": 3.0, "mslg": 1000.0}
+    for name, member in m.members.items():
+        def spy(*args, _name=name, _real=member.step_loss):
+            calls.append(_name)
+            return _real(*args) * 0 + constant[_name]
+
+        member.step_loss = spy
+    loss = m.training_step(batch)
+    assert sorted(calls) == ["ieg", "mlc", "mlnt", "mslg"]
+    assert loss.item() == pytest.approx(2.0)  # (1 + 3) / 2: IEG's and MSLG's losses left out
+    assert not torch.equal(m.members["mslg"].table, table)  # MSLG's soft labels still learn
+    with pytest.raises(UsageError, match="train_on"):
+        _context("auto", train_on="mlc,cleanlab")
+
+
 def test_auto_refuses_an_unknown_second_view():
     with pytest.raises(UsageError, match=r"auto\.second_view: expected one of teacher, student"):
         _context("auto", second_view="both")

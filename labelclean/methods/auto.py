@@ -35,11 +35,19 @@ class AutoOptions(MetaOptions):
     members: str = "all"
     second_view: Literal["teacher", "student"] = "teacher"
     rank: Literal["final", "late", "members"] = "final"
+    train_on: str = "all"
 
     def selected(self) -> list[str]:
-        if self.members.strip() == "all":
-            return member_names()
-        return [n.strip() for n in self.members.split(",") if n.strip()]
+        return _names(self.members)
+
+    def trained_on(self, members: list[str]) -> list[str]:
+        return members if self.train_on.strip() == "all" else _names(self.train_on)
+
+
+def _names(text: str) -> list[str]:
+    if text.strip() == "all":
+        return member_names()
+    return [n.strip() for n in text.split(",") if n.strip()]
 
 
 @METHODS.register("auto")
@@ -93,6 +101,10 @@ class Auto(MetaMethod):
         if unknown or not names:
             raise UsageError(f"--option auto.members: expected some of {', '.join(known)} or all, "
                              f"found {self.options.members!r}")
+        trained = self.options.trained_on(names)
+        if not trained or any(n not in names for n in trained):
+            raise UsageError(f"--option train_on: expected some of the members ({', '.join(names)}) "
+                             f"or all, found {self.options.train_on!r}")
         return names
 
     @classmethod
@@ -153,8 +165,12 @@ class Auto(MetaMethod):
         shared = self.shared_inputs(batch) if "reference" in self.needs else Shared()
         if "second_view" in self.needs:
             shared.z2, shared.p_teacher = self.second_view(batch)
-        losses = [m.step_loss(batch, h, z, shared) if m.ready() else F.cross_entropy(z, batch.y)
-                  for m in self.members.values()]
+        trained = self.options.trained_on(list(self.members))
+        losses = []
+        for name, m in self.members.items():
+            loss = m.step_loss(batch, h, z, shared) if m.ready() else F.cross_entropy(z, batch.y)
+            if name in trained:  # the others update their own state (soft labels, weights) only
+                losses.append(loss)
         return torch.stack(losses).mean()
 
     def after_step(self, batch: Batch) -> None:
