@@ -161,6 +161,8 @@ def main() -> None:
     parser.add_argument("--trusted-sample", action="store_true",
                         help="the trusted rows are a random sample of the noisy manifest (verified "
                              "labels kept), as a team verifying a sample has: the audit's exam runs")
+    parser.add_argument("--auto-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an `--option` for the auto runs (repeatable), to measure a variant")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep each audit's run folder and the simulated labels under this folder")
     parser.add_argument("--section", default=None, help="docs section name (default: noisy_<datasets>)")
@@ -205,7 +207,9 @@ def run_dataset(dataset: str, args: argparse.Namespace) -> tuple[str, dict]:
             for method in args.methods:
                 config = RunConfig(dataset=str(sim_dir / "noisy.csv"), trusted=str(sim_dir / "trusted.csv"),
                                    out=str(tmp / f"{setting}-{method}"), method=method, augment=augment, overwrite=True,
-                                   epochs=args.epochs, seed=args.seed)
+                                   epochs=args.epochs, seed=args.seed,
+                                   method_options=dict(o.split("=", 1) for o in args.auto_option)
+                                   if method == "auto" else {})
                 start, cpu_start = time.perf_counter(), time.process_time()
                 result = audit(config)
                 wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
