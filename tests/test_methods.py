@@ -245,7 +245,7 @@ def test_auto_runs_one_teacher_forward_per_step_and_shares_it(view):
 def test_auto_trains_on_the_chosen_members_while_every_member_keeps_learning():
     """``train_on``: the network's loss is the mean of those members' losses; the others still
     run their meta step each batch (their per-sample state moves) but add nothing to it."""
-    m, ctx, batch = _context("auto", train_on="mlc,mlnt")
+    m, _ctx, batch = _context("auto", train_on="mlc,mlnt")
     table = m.members["mslg"].table.clone()
     calls = []
     constant = {"ieg": 100.0, "mlc": 1.0, "mlnt": 3.0, "mslg": 1000.0}
