@@ -11,6 +11,7 @@ from labelclean.errors import UsageError
 from labelclean.knn import FaissKnn
 from labelclean.methods import METHODS, Batch, TrainContext
 from labelclean.methods.mlnt import head_fast_logits, kl_mean_elements, synthetic_labels
+from labelclean.methods.probe import rank_mean
 from labelclean.metrics import auroc
 from labelclean.models import build_backbone
 from labelclean.train.augment import shifted
@@ -458,9 +459,25 @@ def test_views_given_averages_the_labels_probability_over_the_image_and_its_shif
     assert model.training is False
 
 
-def test_auto_ranks_by_the_final_models_shifted_views_and_says_so(tiny, tmp_path):
+def test_auto_ranks_by_the_final_views_and_a_cross_fitted_head_and_says_so(tiny, tmp_path):
     result = audit(_config(tiny, tmp_path, "auto", epochs=4))
+    assert result.summary["method_summary"]["ranked_by"] == (
+        "final model, shifted views and a cross-fitted head (mean rank)")
+    every = result.scores
+    assert every["probe_suspicion"].between(0, 1).all()
+    mean_rank = rank_mean(every["final_views_suspicion"].to_numpy(), every["probe_suspicion"].to_numpy())
+    s = every.assign(mean_rank=mean_rank)[~every["verified"]]
+    by_both = s.sort_values("mean_rank", ascending=False, kind="stable")["sample_id"]
+    assert by_both.tolist() == s.sort_values("rank")["sample_id"].tolist()
+    # The head is its own evidence: it does not order the rows as the final views do.
+    assert not np.array_equal(np.argsort(s["probe_suspicion"].to_numpy()),
+                              np.argsort(s["final_views_suspicion"].to_numpy()))
+
+
+def test_auto_ranks_by_the_final_models_shifted_views_and_says_so(tiny, tmp_path):
+    result = audit(_config(tiny, tmp_path, "auto", epochs=4, method_options={"rank": "final"}))
     assert result.summary["method_summary"]["ranked_by"] == "final model, shifted views"
+    assert "probe_suspicion" not in result.scores.columns
     s = result.scores[~result.scores["verified"]]
     assert s["final_views_suspicion"].between(0, 1).all()
     by_views = s.sort_values("final_views_suspicion", ascending=False, kind="stable")["sample_id"]

@@ -82,6 +82,10 @@ class TrainContext:
     #: image and the shifted views (:meth:`views_given`); set by the loop after training for a
     #: method whose :meth:`Method.wants_final_views` is true, where the views exist.
     final_given: torch.Tensor | None = None
+    #: ``(N, feature_dim)`` the final model's features of the un-augmented images (float32, on
+    #: the CPU); set by the loop after training for a method whose
+    #: :meth:`Method.wants_final_features` is true.
+    final_features: torch.Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -104,6 +108,20 @@ class TrainContext:
     def predict(self, rows: torch.Tensor | None = None, batch_size: int = 512) -> torch.Tensor:
         """Softmax probabilities ``(len(rows), C)`` of the current model in eval mode."""
         return self.forward_all(lambda x, _: self.model(x).softmax(1), rows, batch_size)
+
+    @torch.no_grad()
+    def predict_with_features(self, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """Softmax probabilities ``(N, C)`` and features ``(N, feature_dim)`` of every row's
+        un-augmented image in one pass of the current model (eval mode)."""
+        model = self.model
+        c = self.num_classes
+
+        def both(x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+            h = model.features(x).flatten(1)
+            return torch.cat([model.head(h).float().softmax(1), h.float()], dim=1)
+
+        out = self.forward_all(both, batch_size=batch_size)
+        return out[:, :c].contiguous(), out[:, c:].contiguous()
 
     @torch.no_grad()
     def views_given(self, final: torch.Tensor, shifts: tuple[tuple[int, int], ...],
@@ -216,6 +234,11 @@ class Method:
     def wants_final_views(self) -> bool:
         """Whether :meth:`evidence` reads ``ctx.final_given`` (the loop computes it only then:
         two forward passes over the data)."""
+        return False
+
+    def wants_final_features(self) -> bool:
+        """Whether :meth:`evidence` reads ``ctx.final_features`` (the final pass keeps them:
+        ``(N, feature_dim)`` floats in memory)."""
         return False
 
     def evidence(self) -> Evidence:

@@ -272,7 +272,10 @@ def train(
                              ctx.step, data_fingerprint(sample_ids, labels, verified))
     seconds = time.perf_counter() - started
     model.eval()
-    final_t = ctx.predict()
+    if method.wants_final_features():
+        final_t, ctx.final_features = ctx.predict_with_features()
+    else:
+        final_t = ctx.predict()
     if method.wants_final_views() and ctx.load_shifted is not None:
         ctx.final_given = ctx.views_given(final_t, view_shifts(inputs.shape[-1]))
     evidence = method.evidence()
