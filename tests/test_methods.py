@@ -465,6 +465,7 @@ def test_auto_ranks_by_the_final_views_and_a_cross_fitted_head_and_says_so(tiny,
         "final model, shifted views and a cross-fitted head (mean rank)")
     every = result.scores
     assert every["probe_suspicion"].between(0, 1).all()
+    assert result.summary["method_summary"]["probe_seconds"] >= 0
     mean_rank = rank_mean(every["final_views_suspicion"].to_numpy(), every["probe_suspicion"].to_numpy())
     s = every.assign(mean_rank=mean_rank)[~every["verified"]]
     by_both = s.sort_values("mean_rank", ascending=False, kind="stable")["sample_id"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -224,20 +225,23 @@ class Auto(MetaMethod):
         columns["doubted_by"] = np.array([",".join(names[doubted[:, i]]) for i in range(len(labels))],
                                          dtype=object)
         rank_by, ranked_by = None, "members' mean posterior"
+        timing: dict[str, float] = {}
         if self.wants_final_views() and ctx.final_given is not None:
             columns["final_views_suspicion"] = given_suspicion(ctx.final_given)
             rank_by, ranked_by = columns["final_views_suspicion"], "final model, shifted views"
             if (self.options.rank == "final+probe" and ctx.final_features is not None
                     and len(labels) >= MIN_ROWS):
+                started = time.perf_counter()
                 columns["probe_suspicion"] = probe_suspicion(
                     ctx.final_features, ctx.labels.cpu(), ctx.num_classes, rank_by,
                     ctx.verified.cpu().numpy(), seed=ctx.config.seed)
+                timing["probe_seconds"] = round(time.perf_counter() - started, 3)
                 rank_by = rank_mean(rank_by, columns["probe_suspicion"])
                 ranked_by = "final model, shifted views and a cross-fitted head (mean rank)"
         elif self.options.rank in ("final", "final+probe", "late"):
             rank_by, ranked_by = columns["late_suspicion"], "late-phase belief"
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
-                   "ranked_by": ranked_by}
+                   "ranked_by": ranked_by, **timing}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,
                         rank_by=rank_by)
 
