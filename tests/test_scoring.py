@@ -63,6 +63,16 @@ def test_relabel_needs_a_clear_alternative():
     assert d.is_suspect.any() and not d.relabel.any()
 
 
+def test_a_vote_does_not_relabel_a_row_the_audit_reports_as_probably_right():
+    """The members' vote relabels flagged rows, but not one whose own P(wrong) is below one half
+    (flagged far down a long F1 cut: reviewed, not changed unseen)."""
+    s = np.linspace(1.0, 0.0, 10)
+    post = np.array([0.95, 0.9, 0.7, 0.55, 0.45, 0.3, 0.2, 0.1, 0.05, 0.01])
+    d = decide(s, np.ones(10, bool), threshold=0.25, posterior=post, strong=np.ones(10, bool))
+    assert d.is_suspect.sum() == 7
+    assert d.relabel.tolist() == [True] * 4 + [False] * 6
+
+
 def test_alternative_is_the_best_other_class_with_its_share():
     belief = np.array([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]])
     alt, share = alternative(belief, np.array([0, 2, 0]))
