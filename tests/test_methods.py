@@ -470,6 +470,9 @@ def test_auto_ranks_by_the_final_views_and_a_cross_fitted_head_and_says_so(tiny,
     s = every.assign(mean_rank=mean_rank)[~every["verified"]]
     by_both = s.sort_values("mean_rank", ascending=False, kind="stable")["sample_id"]
     assert by_both.tolist() == s.sort_values("rank")["sample_id"].tolist()
+    # On the final views' scale (a --threshold means what it meant): their values, re-ordered.
+    assert np.isin(s["suspicion"].round(5), every["final_views_suspicion"].round(5)).all()
+    assert not np.allclose(s["suspicion"], s["final_views_suspicion"])  # but re-ordered
     # The head is its own evidence: it does not order the rows as the final views do.
     assert not np.array_equal(np.argsort(s["probe_suspicion"].to_numpy()),
                               np.argsort(s["final_views_suspicion"].to_numpy()))

@@ -16,7 +16,7 @@ from labelclean.methods.base import METHODS, Batch, Dynamics, TrainContext, give
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import split_nested
 from labelclean.methods.probe import MIN_ROWS, probe_suspicion, rank_mean
-from labelclean.scoring import Evidence
+from labelclean.scoring import Evidence, rank_posteriors
 
 
 def member_names() -> list[str]:
@@ -236,7 +236,8 @@ class Auto(MetaMethod):
                     ctx.final_features, ctx.labels.cpu(), ctx.num_classes, rank_by,
                     ctx.verified.cpu().numpy(), seed=ctx.config.seed)
                 timing["probe_seconds"] = round(time.perf_counter() - started, 3)
-                rank_by = rank_mean(rank_by, columns["probe_suspicion"])
+                # The combined order, on the final views' scale (a --threshold keeps its meaning).
+                rank_by = rank_posteriors(rank_mean(rank_by, columns["probe_suspicion"]), rank_by)
                 ranked_by = "final model, shifted views and a cross-fitted head (mean rank)"
         elif self.options.rank in ("final", "final+probe", "late"):
             rank_by, ranked_by = columns["late_suspicion"], "late-phase belief"
