@@ -153,15 +153,20 @@ def separation(wrong: np.ndarray, suspicion: np.ndarray) -> float | None:
     (docs/benchmarks.md, "The flag cut from the exam").
     """
     wrong = np.asarray(wrong, dtype=bool)
-    if min(int(wrong.sum()), int((~wrong).sum())) < MIN_FOR_SEPARATION:
+    if not _separable(wrong):
         return None
     return float(np.clip(auroc(suspicion, wrong), *SEPARATION_BOUNDS))
+
+
+def _separable(wrong: np.ndarray) -> bool:
+    """At least :data:`MIN_FOR_SEPARATION` wrong and as many right labels to rank."""
+    return min(int(wrong.sum()), int((~wrong).sum())) >= MIN_FOR_SEPARATION
 
 
 def _separation_interval(exam: Exam, seed: int) -> dict[str, Any] | None:
     """The exam's AUROC of the ranking with a percentile bootstrap interval over its rows."""
     wrong = exam.wrong
-    if min(int(wrong.sum()), int((~wrong).sum())) < MIN_FOR_SEPARATION:
+    if not _separable(wrong):
         return None
     rng = np.random.default_rng([seed, 0xA0C])
     draws = []

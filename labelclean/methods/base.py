@@ -121,7 +121,7 @@ class TrainContext:
             return torch.cat([model.head(h).float().softmax(1), h.float()], dim=1)
 
         out = self.forward_all(both, batch_size=batch_size)
-        return out[:, :c].contiguous(), out[:, c:].contiguous()
+        return out[:, :c].contiguous(), out[:, c:]  # features: a view, not a second (N, d) copy
 
     @torch.no_grad()
     def views_given(self, final: torch.Tensor, shifts: tuple[tuple[int, int], ...],
