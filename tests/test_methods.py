@@ -1,5 +1,7 @@
 """Every registered method: ranking on injected flips, resume, scopes, invariants."""
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -133,6 +135,28 @@ def _step(method, ctx, batch):
     ctx.optimizer.step()
     method.after_step(batch)
     return loss
+
+
+def test_reference_every_reuses_a_draw_within_an_epoch_and_draws_anew_each_epoch():
+    def drawn(every):
+        m, ctx, batch = _context("mlc", reference_every=every)
+        seen = []
+        for epoch, steps in ((1, 3), (2, 2)):
+            ctx.epoch = epoch
+            for _ in range(steps):
+                shared = m.shared_inputs(batch)
+                seen.append((shared.x_ref, shared.h_ref))
+                ctx.step += 1
+        return seen
+
+    every1, every2 = drawn(1), drawn(2)
+    same = [torch.equal(a[0], b[0]) for a, b in itertools.pairwise(every2)]
+    # steps 0-1 share a draw, step 2 draws, step 3 opens epoch 2 (a new draw), step 4 reuses it
+    assert same == [True, False, False, True]
+    assert all(every2[i][1] is every2[i + 1][1] for i in (0, 3))  # the features are reused too
+    assert not any(torch.equal(a[0], b[0]) for a, b in itertools.pairwise(every1))
+    with pytest.raises(UsageError, match="reference_every"):
+        METHODS.get("mlc").build({"reference_every": 0})
 
 
 @pytest.mark.parametrize("scope", ["head", "full"])

@@ -54,12 +54,15 @@ class MetaOptions(MethodOptions):
     ``warmup``: fraction of epochs trained with plain CE first (every paper warms up).
     ``reference_per_class``: without a trusted set, lowest-loss picks per class after warm-up.
     ``reference_batch``: reference batch size (0: half the training batch).
+    ``reference_every``: draw a new reference batch (and its features) every this many steps,
+    and reuse it in between (1: every step, as the papers do).
     ``train_on_reference``: keep training on the reference rows after warm-up.
     """
 
     warmup: float = 0.2
     reference_per_class: int = 10
     reference_batch: int = 0
+    reference_every: int = 1
     train_on_reference: bool = False
 
     def __post_init__(self) -> None:
@@ -67,6 +70,7 @@ class MetaOptions(MethodOptions):
         check(self.reference_per_class >= 1,
               f"reference_per_class: expected >= 1, found {self.reference_per_class}")
         check(self.reference_batch >= 0, f"reference_batch: expected >= 0, found {self.reference_batch}")
+        check(self.reference_every >= 1, f"reference_every: expected >= 1, found {self.reference_every}")
 
 
 #: Fewer rows than this outside the reference set (a tiny or fully verified dataset) and the
@@ -99,6 +103,7 @@ class MetaMethod(Method):
             self.warmup_epochs = 1 if ctx.epochs > 1 else 0
         self.scope = ctx.config.meta_scope
         self._told_pool = False
+        self._reference_cache: tuple[int, int, Shared] | None = None
 
     # -- phases -------------------------------------------------------------------------
     @property
@@ -171,8 +176,17 @@ class MetaMethod(Method):
         raise NotImplementedError
 
     def shared_inputs(self, batch: Batch) -> Shared:
+        """A reference batch and its features, drawn anew every ``reference_every`` steps of an
+        epoch (each epoch starts with a new draw, so a resumed run draws as an unbroken one)."""
+        ctx = self.context
+        every = int(self.options.reference_every)
+        cached = self._reference_cache
+        if cached is not None and cached[0] == ctx.epoch and ctx.step - cached[1] < every:
+            ref = cached[2]
+            return Shared(ref.x_ref, ref.y_ref, ref.h_ref)
         x_ref, y_ref = self.reference_batch()
         h_ref = self.reference_features(x_ref) if self.scope == "head" else None
+        self._reference_cache = (ctx.epoch, ctx.step, Shared(x_ref, y_ref, h_ref)) if every > 1 else None
         return Shared(x_ref, y_ref, h_ref)
 
     # -- hooks a combining method (``auto``) uses instead of knowing its members --------
