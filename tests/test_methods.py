@@ -492,8 +492,10 @@ def test_auto_ranks_by_the_final_views_and_a_cross_fitted_head_and_says_so(tiny,
     assert result.summary["method_summary"]["probe_seconds"] >= 0
     mean_rank = rank_mean(every["final_views_suspicion"].to_numpy(), every["probe_suspicion"].to_numpy())
     s = every.assign(mean_rank=mean_rank)[~every["verified"]]
-    by_both = s.sort_values("mean_rank", ascending=False, kind="stable")["sample_id"]
-    assert by_both.tolist() == s.sort_values("rank")["sample_id"].tolist()
+    # The audit's order is the mean rank's: falling along it, but for swaps of one place
+    # (the columns are stored to 6 decimals, so ties can break differently here).
+    along = s.sort_values("rank")["mean_rank"].to_numpy()
+    assert np.all(np.diff(along) <= 1.0 / len(every) + 1e-9)
     # On the final views' scale (a --threshold means what it meant): their values, re-ordered.
     assert np.isin(s["suspicion"].round(5), every["final_views_suspicion"].round(5)).all()
     assert not np.allclose(s["suspicion"], s["final_views_suspicion"])  # but re-ordered
@@ -516,4 +518,6 @@ def test_auto_ranks_by_the_final_models_shifted_views_and_says_so(tiny, tmp_path
     assert late.summary["method_summary"]["ranked_by"] == "late-phase belief"
     assert "final_views_suspicion" not in late.scores.columns
     plain = audit(_config(tiny, tmp_path, "auto", epochs=4, out="plain", augment="none"))
-    assert plain.summary["method_summary"]["ranked_by"] == "late-phase belief"  # no shifted views
+    # No shifted views: the late-phase belief, with the head cross-fitted on the final features.
+    assert plain.summary["method_summary"]["ranked_by"] == (
+        "late-phase belief and a cross-fitted head (mean rank)")

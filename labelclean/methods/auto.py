@@ -196,7 +196,7 @@ class Auto(MetaMethod):
         return self.options.rank in ("final", "final+probe")
 
     def wants_final_features(self) -> bool:
-        return self.options.rank == "final+probe" and self.context.load_shifted is not None
+        return self.options.rank == "final+probe"
 
     def evidence(self) -> Evidence:
         ctx = self.context
@@ -234,18 +234,18 @@ class Auto(MetaMethod):
         if self.wants_final_views() and ctx.final_given is not None:
             columns["final_views_suspicion"] = given_suspicion(ctx.final_given)
             rank_by, ranked_by = columns["final_views_suspicion"], "final model, shifted views"
-            if (self.options.rank == "final+probe" and ctx.final_features is not None
-                    and len(labels) >= MIN_ROWS):
-                started = time.perf_counter()
-                columns["probe_suspicion"] = probe_suspicion(
-                    ctx.final_features, ctx.labels.cpu(), ctx.num_classes, rank_by,
-                    ctx.verified.cpu().numpy(), seed=ctx.config.seed)
-                timing["probe_seconds"] = round(time.perf_counter() - started, 3)
-                # The combined order, on the final views' scale (a --threshold keeps its meaning).
-                rank_by = rank_posteriors(rank_mean(rank_by, columns["probe_suspicion"]), rank_by)
-                ranked_by = "final model, shifted views and a cross-fitted head (mean rank)"
         elif self.options.rank in ("final", "final+probe", "late"):
             rank_by, ranked_by = columns["late_suspicion"], "late-phase belief"
+        if (self.options.rank == "final+probe" and rank_by is not None
+                and ctx.final_features is not None and len(labels) >= MIN_ROWS):
+            started = time.perf_counter()
+            columns["probe_suspicion"] = probe_suspicion(
+                ctx.final_features, ctx.labels.cpu(), ctx.num_classes, rank_by,
+                ctx.verified.cpu().numpy(), seed=ctx.config.seed)
+            timing["probe_seconds"] = round(time.perf_counter() - started, 3)
+            # The combined order, on the first ranking's scale (a --threshold keeps its meaning).
+            rank_by = rank_posteriors(rank_mean(rank_by, columns["probe_suspicion"]), rank_by)
+            ranked_by += " and a cross-fitted head (mean rank)"
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
                    "ranked_by": ranked_by, **timing}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,

@@ -83,8 +83,8 @@ class TrainContext:
     #: method whose :meth:`Method.wants_final_views` is true, where the views exist.
     final_given: torch.Tensor | None = None
     #: ``(N, feature_dim)`` the final model's features of the un-augmented images (float32, on
-    #: the CPU); set by the loop after training for a method whose
-    #: :meth:`Method.wants_final_features` is true.
+    #: the CPU; with ``--features``, the vectors as given); set by the loop after training for a
+    #: method whose :meth:`Method.wants_final_features` is true.
     final_features: torch.Tensor | None = None
 
     @property

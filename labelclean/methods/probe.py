@@ -19,6 +19,8 @@ Measured in docs/benchmarks.md ("A cross-fitted head on the final features").
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,11 @@ WEIGHT_DECAY = 1e-3
 ITERATIONS = 50
 #: Fewer rows and each fold's head has too little to fit: ``auto`` ranks without the probe.
 MIN_ROWS = 2 * FOLDS
+#: At most this many rows fit each fold's head, a seeded sample of the other folds: the cost
+#: stays bounded at a million rows, and 200,000 rows are plenty for a linear head.
+MAX_FIT_ROWS = 200_000
+#: Held-out rows scored (and normalised) at a time.
+PREDICT_CHUNK = 65_536
 
 
 def order_ranks(score: np.ndarray) -> np.ndarray:
@@ -79,32 +86,63 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, num_classes
     return head
 
 
-def crossfit_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                   weight: np.ndarray, seed: int = 0, folds: int = FOLDS) -> np.ndarray:
-    """``(N, C)`` out-of-fold class probabilities: row ``i``'s come from a head fitted on the
-    other folds only (with ``weight`` per row), over L2-normalised ``features``."""
+def _normalised(features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return F.normalize(features[rows].float(), dim=1) * SCALE
+
+
+def _crossfit(features: torch.Tensor, labels: torch.Tensor, num_classes: int, weight: np.ndarray,
+              seed: int, folds: int, max_fit_rows: int,
+              emit: Callable[[torch.Tensor, torch.Tensor], None]) -> None:
+    """Fit a head per fold on the other folds (at most ``max_fit_rows`` of them, a seeded
+    sample) and hand each held-out chunk's rows and probabilities to ``emit``. Rows are
+    normalised a chunk at a time: no second copy of the features."""
     n = len(labels)
     if n < 2 * folds:
         raise ValueError(f"crossfit_probe: expected at least {2 * folds} rows, found {n}")
-    x = F.normalize(features.float(), dim=1) * SCALE
-    y = labels.to(x.device)
-    w = torch.as_tensor(np.asarray(weight, dtype=np.float32), device=x.device)
-    fold = torch.as_tensor(fold_of(n, folds, seed), device=x.device)
-    out = np.zeros((n, num_classes), dtype=np.float64)
+    y = labels.cpu()
+    w = torch.as_tensor(np.asarray(weight, dtype=np.float32))
+    fold = fold_of(n, folds, seed)
+    rng = np.random.default_rng(seed)
     for f in range(folds):
-        fit, held = fold != f, fold == f
-        head = fit_head(x[fit], y[fit], w[fit], num_classes)
-        with torch.no_grad():
-            out[held.cpu().numpy()] = head(x[held]).softmax(1).double().cpu().numpy()
+        fit = np.flatnonzero(fold != f)
+        if len(fit) > max_fit_rows:
+            fit = np.sort(rng.choice(fit, max_fit_rows, replace=False))
+        fit_rows = torch.from_numpy(fit)
+        head = fit_head(_normalised(features, fit_rows), y[fit_rows], w[fit_rows], num_classes)
+        held = np.flatnonzero(fold == f)
+        for i in range(0, len(held), PREDICT_CHUNK):
+            rows = torch.from_numpy(held[i:i + PREDICT_CHUNK])
+            with torch.no_grad():
+                emit(rows, head(_normalised(features, rows)).softmax(1).double())
+
+
+def crossfit_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                   weight: np.ndarray, seed: int = 0, folds: int = FOLDS,
+                   max_fit_rows: int = MAX_FIT_ROWS) -> np.ndarray:
+    """``(N, C)`` out-of-fold class probabilities: row ``i``'s come from a head fitted on the
+    other folds only (with ``weight`` per row), over L2-normalised ``features``."""
+    out = np.zeros((len(labels), num_classes), dtype=np.float64)
+
+    def keep(rows: torch.Tensor, probs: torch.Tensor) -> None:
+        out[rows.numpy()] = probs.numpy()
+
+    _crossfit(features, labels, num_classes, weight, seed, folds, max_fit_rows, keep)
     return out
 
 
 def probe_suspicion(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                    prior: np.ndarray, verified: np.ndarray, seed: int = 0) -> np.ndarray:
+                    prior: np.ndarray, verified: np.ndarray, seed: int = 0,
+                    max_fit_rows: int = MAX_FIT_ROWS) -> np.ndarray:
     """``(N,)`` ``1 -`` the cross-fitted head's probability of each row's label, the head's
-    fitting rows weighted by ``1 - rank(prior)`` (the ranking so far; verified rows weigh 1)."""
+    fitting rows weighted by ``1 - rank(prior)`` (the ranking so far; verified rows weigh 1).
+    Only each row's own probability is kept (no ``(N, C)`` table)."""
     weight = 1.0 - order_ranks(prior)
     weight[np.asarray(verified, dtype=bool)] = 1.0
-    probs = crossfit_probe(features, labels, num_classes, weight, seed=seed)
-    given = labels.cpu().numpy()
-    return np.clip(1.0 - probs[np.arange(len(given)), given], 0.0, 1.0)
+    y = labels.cpu()
+    out = np.zeros(len(y), dtype=np.float64)
+
+    def given(rows: torch.Tensor, probs: torch.Tensor) -> None:
+        out[rows.numpy()] = probs.gather(1, y[rows].view(-1, 1))[:, 0].numpy()
+
+    _crossfit(features, y, num_classes, weight, seed, FOLDS, max_fit_rows, given)
+    return np.clip(1.0 - out, 0.0, 1.0)

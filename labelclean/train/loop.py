@@ -272,7 +272,10 @@ def train(
                              ctx.step, data_fingerprint(sample_ids, labels, verified))
     seconds = time.perf_counter() - started
     model.eval()
-    if method.wants_final_features():
+    if method.wants_final_features() and vectors:
+        final_t = ctx.predict()
+        ctx.final_features = inputs  # the vectors are the head's features: no (N, d) copy
+    elif method.wants_final_features():
         final_t, ctx.final_features = ctx.predict_with_features()
     else:
         final_t = ctx.predict()
