@@ -31,10 +31,11 @@ class AutoOptions(MetaOptions):
     ``rank``: what orders the samples while the members' calibrated posteriors set the level:
     ``final+probe`` (the default: the mean rank of ``final`` and of a linear head cross-fitted
     on the final model's features, :mod:`labelclean.methods.probe`), ``final`` (the final
-    model's probability of the label over the un-augmented image and two shifted views), both
-    the late-phase belief where the inputs have no shifted views (vectors, ``--augment
-    none``); ``late`` (the late-phase training belief) or ``members`` (the mean of the members'
-    posteriors). ``train_on``: the members whose losses train the network
+    model's probability of the label over the un-augmented image and two shifted views); where
+    the inputs have no shifted views (vectors, ``--augment none``) the late-phase belief takes
+    the final views' place (with ``final+probe``, the head is cross-fitted on the vectors
+    themselves); ``late`` (the late-phase training belief) or ``members`` (the mean of the
+    members' posteriors). ``train_on``: the members whose losses train the network
     (comma-separated, or ``all``); the others still run their meta steps every batch and keep
     their evidence, but the network does not step on their losses. Measured, not the default:
     training on MLC and MLNT only raised the final-view AUROC on CIFAR-10 human 20% (0.660 ->
