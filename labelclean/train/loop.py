@@ -272,13 +272,12 @@ def train(
                              ctx.step, data_fingerprint(sample_ids, labels, verified))
     seconds = time.perf_counter() - started
     model.eval()
-    if method.wants_final_features() and vectors:
-        final_t = ctx.predict()
-        ctx.final_features = inputs  # the vectors are the head's features: no (N, d) copy
-    elif method.wants_final_features():
+    if method.wants_final_features() and not vectors:
         final_t, ctx.final_features = ctx.predict_with_features()
     else:
         final_t = ctx.predict()
+        if method.wants_final_features():  # vectors are the head's features: no (N, d) copy
+            ctx.final_features = inputs
     if method.wants_final_views() and ctx.load_shifted is not None:
         ctx.final_given = ctx.views_given(final_t, view_shifts(inputs.shape[-1]))
     evidence = method.evidence()
