@@ -483,14 +483,16 @@ def test_views_given_averages_the_labels_probability_over_the_image_and_its_shif
     assert model.training is False
 
 
-def test_auto_ranks_by_the_final_views_and_a_cross_fitted_head_and_says_so(tiny, tmp_path):
+def test_auto_ranks_by_the_final_views_and_two_cross_fitted_heads_and_says_so(tiny, tmp_path):
     result = audit(_config(tiny, tmp_path, "auto", epochs=4))
     assert result.summary["method_summary"]["ranked_by"] == (
-        "final model, shifted views and a cross-fitted head (mean rank)")
+        "final model, shifted views and two cross-fitted heads, plain and noise-corrected (mean rank)")
     every = result.scores
     assert every["probe_suspicion"].between(0, 1).all()
+    assert every["probe_corrected_suspicion"].between(0, 1).all()
     assert result.summary["method_summary"]["probe_seconds"] >= 0
-    mean_rank = rank_mean(every["final_views_suspicion"].to_numpy(), every["probe_suspicion"].to_numpy())
+    mean_rank = rank_mean(every["final_views_suspicion"].to_numpy(), every["probe_suspicion"].to_numpy(),
+                          every["probe_corrected_suspicion"].to_numpy())
     s = every.assign(mean_rank=mean_rank)[~every["verified"]]
     # The audit's order is the mean rank's: falling along it, but for swaps of one place
     # (the columns are stored to 6 decimals, so ties can break differently here).
@@ -499,15 +501,17 @@ def test_auto_ranks_by_the_final_views_and_a_cross_fitted_head_and_says_so(tiny,
     # On the final views' scale (a --threshold means what it meant): their values, re-ordered.
     assert np.isin(s["suspicion"].round(5), every["final_views_suspicion"].round(5)).all()
     assert not np.allclose(s["suspicion"], s["final_views_suspicion"])  # but re-ordered
-    # The head is its own evidence: it does not order the rows as the final views do.
-    assert not np.array_equal(np.argsort(s["probe_suspicion"].to_numpy()),
-                              np.argsort(s["final_views_suspicion"].to_numpy()))
+    # The heads are their own evidence: they do not order the rows as the final views do.
+    for head in ("probe_suspicion", "probe_corrected_suspicion"):
+        assert not np.array_equal(np.argsort(s[head].to_numpy()),
+                                  np.argsort(s["final_views_suspicion"].to_numpy()))
 
 
 def test_auto_ranks_by_the_final_models_shifted_views_and_says_so(tiny, tmp_path):
     result = audit(_config(tiny, tmp_path, "auto", epochs=4, method_options={"rank": "final"}))
     assert result.summary["method_summary"]["ranked_by"] == "final model, shifted views"
     assert "probe_suspicion" not in result.scores.columns
+    assert "probe_corrected_suspicion" not in result.scores.columns
     s = result.scores[~result.scores["verified"]]
     assert s["final_views_suspicion"].between(0, 1).all()
     by_views = s.sort_values("final_views_suspicion", ascending=False, kind="stable")["sample_id"]
@@ -518,6 +522,6 @@ def test_auto_ranks_by_the_final_models_shifted_views_and_says_so(tiny, tmp_path
     assert late.summary["method_summary"]["ranked_by"] == "late-phase belief"
     assert "final_views_suspicion" not in late.scores.columns
     plain = audit(_config(tiny, tmp_path, "auto", epochs=4, out="plain", augment="none"))
-    # No shifted views: the late-phase belief, with the head cross-fitted on the final features.
+    # No shifted views: the late-phase belief, with the heads cross-fitted on the final features.
     assert plain.summary["method_summary"]["ranked_by"] == (
-        "late-phase belief and a cross-fitted head (mean rank)")
+        "late-phase belief and two cross-fitted heads, plain and noise-corrected (mean rank)")

@@ -1,10 +1,18 @@
-"""The cross-fitted head (labelclean.methods.probe): out of fold, weighted, ranked."""
+"""The cross-fitted heads (labelclean.methods.probe): out of fold, plain and noise-corrected."""
 
 import numpy as np
 import pytest
 import torch
 
-from labelclean.methods.probe import crossfit_probe, fold_of, order_ranks, probe_suspicion, rank_mean
+from labelclean.methods.probe import (
+    crossfit_probe,
+    fold_of,
+    head_suspicions,
+    noisy_log_likelihood,
+    order_ranks,
+    posterior_given,
+    rank_mean,
+)
 
 
 def _clusters(n_per: int = 60, c: int = 3, d: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,21 +51,69 @@ def test_a_rows_probabilities_do_not_see_its_own_label():
     assert after[5, 2] < 0.1 and after[5, 0] > 0.9
 
 
-def test_weights_keep_a_class_level_flip_from_teaching_the_head():
-    """30% of class 0 given as class 1: unweighted, the head learns the flip and doubts those
-    rows less; weighted by a ranking that already suspects them, it doubts them more."""
-    x, truth = _clusters(n_per=100)
+def _flip(share: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Four overlapping classes (centres 1 apart in 16 dimensions: hard images near every
+    boundary) and ``share`` of class 0's 100 rows given as class 1: a class-level flip."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(4, 16, generator=g)
+    truth = torch.arange(4).repeat_interleave(100)
+    x = centres[truth] + torch.randn(len(truth), 16, generator=g)
     given = truth.clone()
     flipped = np.zeros(len(given), dtype=bool)
-    flipped[np.where(truth.numpy() == 0)[0][:30]] = True
+    flipped[np.where(truth.numpy() == 0)[0][:share]] = True
     given[torch.from_numpy(flipped)] = 1
-    verified = np.zeros(len(given), dtype=bool)
-    rows = np.arange(len(given))
-    flat = 1 - crossfit_probe(x, given, 3, np.ones(len(given)))[rows, given.numpy()]
-    prior = flipped + np.random.default_rng(0).random(len(given)) * 0.5  # suspects the flip
-    weighted = probe_suspicion(x, given, 3, prior, verified)
-    assert weighted[flipped].mean() > flat[flipped].mean() + 0.1
-    assert weighted[~flipped].mean() < 0.2
+    return x, given, flipped
+
+
+def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
+    pos, neg = score[positive], score[~positive]
+    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+
+def test_the_corrected_head_sees_a_class_level_flip_that_the_plain_head_learns():
+    """40% of class 0 given as class 1 among overlapping classes: the plain head learns the
+    flip as part of class 1, and the hard right labels near every boundary look as doubtful
+    as the flipped ones; the corrected head puts the flip in T and ranks it apart."""
+    x, given, flipped = _flip()
+    heads = head_suspicions(x, given, 4, np.zeros(len(given), dtype=bool))
+    plain, corrected = _auroc(heads.plain, flipped), _auroc(heads.corrected, flipped)
+    assert corrected > 0.97 and corrected > plain + 0.05
+    # T found the flip: a large share of class 0 goes to class 1; the other classes stay.
+    t = heads.transition
+    assert t.shape == (4, 4) and np.allclose(t.sum(1), 1.0)
+    assert t[0, 1] > 0.2 and t[0, 1] == t[0, 1:].max()
+    assert min(t[1, 1], t[2, 2], t[3, 3]) > 0.75
+    # Without a flip, T stays near the identity.
+    clean_x, clean_y = _clusters(n_per=100)
+    calm = head_suspicions(clean_x, clean_y, 3, np.zeros(len(clean_y), dtype=bool))
+    assert np.diag(calm.transition).min() > 0.9
+
+
+def test_verified_rows_are_right_by_definition_in_the_corrected_head():
+    """A verified row's given label is its true label: it does not count towards T."""
+    x, given, flipped = _flip()
+    none = head_suspicions(x, given, 4, np.zeros(len(given), dtype=bool))
+    verified = flipped.copy()  # every flipped row "verified" as given: no noise left to count
+    held = head_suspicions(x, given, 4, verified)
+    assert held.transition[0, 1] < 0.5 * none.transition[0, 1]
+
+
+def test_noisy_likelihood_and_posterior_are_bayes_rule():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    t = torch.tensor([[0.7, 0.3, 0.0], [0.0, 1.0, 0.0], [0.1, 0.0, 0.9]]) + 1e-6
+    t = t / t.sum(1, keepdim=True)
+    given = torch.tensor([1, 1])
+    q = logits.softmax(1)
+    want = torch.log((q * t[:, given].T).sum(1))
+    assert torch.allclose(noisy_log_likelihood(logits, given, t), want, atol=1e-5)
+    # Verified rows: the identity, the plain log-likelihood.
+    clean = torch.tensor([True, False])
+    got = noisy_log_likelihood(logits, given, t, clean)
+    assert torch.allclose(got[0], q[0, 1].log(), atol=1e-5) and torch.allclose(got[1], want[1], atol=1e-5)
+    post = posterior_given(q, given, t)
+    assert torch.allclose(post.sum(1), torch.ones(2, dtype=torch.float64))
+    joint = q[0].double() * t[:, 1].double()
+    assert torch.allclose(post[0], joint / joint.sum())
 
 
 def test_too_few_rows_is_refused():

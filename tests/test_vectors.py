@@ -11,7 +11,7 @@ import torch
 
 from labelclean import RunConfig, audit
 from labelclean.errors import DataError
-from labelclean.methods.probe import probe_suspicion, rank_mean
+from labelclean.methods.probe import head_suspicions, rank_mean
 from labelclean.metrics import auroc
 
 CLASSES = ["ant", "bee", "cow", "doe"]
@@ -74,31 +74,35 @@ def test_features_audit_finds_the_wrong_labels_without_images(vec):
     assert sum(s["seconds"] for s in stages) <= saved["timings"]["total_seconds"] + 0.01
 
 
-def test_auto_on_features_ranks_by_the_late_belief_and_a_head_cross_fitted_on_the_vectors(vec):
+def test_auto_on_features_ranks_by_the_late_belief_and_heads_cross_fitted_on_the_vectors(vec):
     run = audit(RunConfig(dataset=str(vec["manifest"]), trusted=str(vec["trusted"]),
                           features=str(vec["emb"]), out=str(vec["tmp"] / "run"), epochs=3, report=False))
     summary = run.summary["method_summary"]
-    assert summary["ranked_by"] == "late-phase belief and a cross-fitted head (mean rank)"
+    assert summary["ranked_by"] == (
+        "late-phase belief and two cross-fitted heads, plain and noise-corrected (mean rank)")
     scores, free, wrong = _wrong(run, vec)
-    mean_rank = rank_mean(scores["late_suspicion"].to_numpy(), scores["probe_suspicion"].to_numpy())
-    along = scores.assign(mean_rank=mean_rank)[free].sort_values("rank")["mean_rank"].to_numpy()
-    assert np.all(np.diff(along) <= 1.0 / len(scores) + 1e-9)  # stored to 6 decimals: ties may swap
-    # The head scores each row blind to its label, on the vectors as given: a row's label
-    # cannot pull its own probability up, and the blobs are separable, so it ranks almost exactly.
+    # The heads score each row blind to its label, on the vectors as given: a row's label
+    # cannot pull its own probability up, and the blobs are separable, so they rank almost exactly.
     assert auroc(scores["probe_suspicion"].to_numpy()[free], wrong[free]) > 0.97
+    assert auroc(scores["probe_corrected_suspicion"].to_numpy()[free], wrong[free]) > 0.97
     trained_verified = scores["verified"] & ~scores["exam"]  # exam rows train on their given label
     labels = torch.as_tensor([CLASSES.index(v) for v in
                               scores["given_label"].where(~trained_verified, scores["suggested_label"])])
 
-    def head_on(x):
-        return probe_suspicion(torch.from_numpy(x), labels, len(CLASSES), scores["late_suspicion"].to_numpy(),
-                               trained_verified.to_numpy())
+    def heads_on(x):
+        return head_suspicions(torch.from_numpy(x), labels, len(CLASSES), trained_verified.to_numpy())
 
-    stored = scores["probe_suspicion"].to_numpy()
-    off = np.abs(head_on(vec["x"]) - stored).mean()  # the prior is stored rounded: not exact
-    assert off < 1e-4
+    heads = heads_on(vec["x"])
+    stored = scores[["probe_suspicion", "probe_corrected_suspicion"]].to_numpy()
+    off = np.abs(np.stack([heads.plain, heads.corrected], 1) - stored).max()
+    assert off < 1e-6  # stored to 6 decimals
     standardised = (vec["x"] - vec["x"].mean(0)) / vec["x"].std(0)  # the network's own input
-    assert np.abs(head_on(standardised) - stored).mean() > 5 * off
+    assert np.abs(heads_on(standardised).plain - stored[:, 0]).mean() > 1e-3
+    # The audit's order is the mean rank of the late belief and both heads (the heads as
+    # computed, unrounded: near 0 and 1 the stored 6 decimals tie rows the audit told apart).
+    mean_rank = rank_mean(scores["late_suspicion"].to_numpy(), heads.plain, heads.corrected)
+    along = scores.assign(mean_rank=mean_rank)[free].sort_values("rank")["mean_rank"].to_numpy()
+    assert np.all(np.diff(along) <= 1.0 / len(scores) + 1e-9)  # late belief: 6 decimals, swaps of one
 
 
 def test_npy_in_manifest_order_gives_the_same_scores_as_parquet_with_ids(vec):

@@ -15,7 +15,7 @@ from labelclean.errors import UsageError
 from labelclean.methods.base import METHODS, Batch, Dynamics, TrainContext, given_suspicion
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
 from labelclean.methods.options import split_nested
-from labelclean.methods.probe import MIN_ROWS, probe_suspicion, rank_mean
+from labelclean.methods.probe import MIN_ROWS, head_suspicions, rank_mean
 from labelclean.scoring import Evidence, rank_posteriors
 
 
@@ -240,13 +240,14 @@ class Auto(MetaMethod):
         if (self.options.rank == "final+probe" and rank_by is not None
                 and ctx.final_features is not None and len(labels) >= MIN_ROWS):
             started = time.perf_counter()
-            columns["probe_suspicion"] = probe_suspicion(
-                ctx.final_features, ctx.labels.cpu(), ctx.num_classes, rank_by,
-                ctx.verified.cpu().numpy(), seed=ctx.config.seed)
+            heads = head_suspicions(ctx.final_features, ctx.labels.cpu(), ctx.num_classes,
+                                    ctx.verified.cpu().numpy(), seed=ctx.config.seed)
             timing["probe_seconds"] = round(time.perf_counter() - started, 3)
+            columns["probe_suspicion"] = heads.plain
+            columns["probe_corrected_suspicion"] = heads.corrected
             # The combined order, on the first ranking's scale (a --threshold keeps its meaning).
-            rank_by = rank_posteriors(rank_mean(rank_by, columns["probe_suspicion"]), rank_by)
-            ranked_by += " and a cross-fitted head (mean rank)"
+            rank_by = rank_posteriors(rank_mean(rank_by, heads.plain, heads.corrected), rank_by)
+            ranked_by += " and two cross-fitted heads, plain and noise-corrected (mean rank)"
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
                    "ranked_by": ranked_by, **timing}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,
