@@ -83,6 +83,12 @@ def test_the_corrected_head_sees_a_class_level_flip_that_the_plain_head_learns()
     assert t.shape == (4, 4) and np.allclose(t.sum(1), 1.0)
     assert t[0, 1] > 0.2 and t[0, 1] == t[0, 1:].max()
     assert min(t[1, 1], t[2, 2], t[3, 3]) > 0.75
+    # Its noise model predicts the held-out given labels better than the plain head: the
+    # gate by which auto lets it join the ranking.
+    assert heads.corrected_nll < heads.plain_nll
+    rows = np.arange(len(given))
+    plain_probs = crossfit_probe(x, given, 4, np.ones(len(given)))[rows, given.numpy()]
+    assert np.isclose(heads.plain_nll, -np.log(plain_probs).mean())
     # Without a flip, T stays near the identity.
     clean_x, clean_y = _clusters(n_per=100)
     calm = head_suspicions(clean_x, clean_y, 3, np.zeros(len(clean_y), dtype=bool))

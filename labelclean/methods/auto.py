@@ -29,11 +29,12 @@ class AutoOptions(MetaOptions):
     """``members``: comma-separated member names, or ``all``. ``second_view``: ``teacher``
     (a member's teacher on the second view, one forward less) or ``student`` (the papers').
     ``rank``: what orders the samples while the members' calibrated posteriors set the level:
-    ``final+probe`` (the default: the mean rank of ``final`` and of a linear head cross-fitted
-    on the final model's features, :mod:`labelclean.methods.probe`), ``final`` (the final
+    ``final+probe`` (the default: the mean rank of ``final`` and of two linear heads
+    cross-fitted on the final model's features, one plain and one noise-corrected through an
+    estimated transition matrix, :mod:`labelclean.methods.probe`), ``final`` (the final
     model's probability of the label over the un-augmented image and two shifted views); where
     the inputs have no shifted views (vectors, ``--augment none``) the late-phase belief takes
-    the final views' place (with ``final+probe``, the head is cross-fitted on the vectors
+    the final views' place (with ``final+probe``, the heads are cross-fitted on the vectors
     themselves); ``late`` (the late-phase training belief) or ``members`` (the mean of the
     members' posteriors). ``train_on``: the members whose losses train the network
     (comma-separated, or ``all``); the others still run their meta steps every batch and keep
@@ -231,7 +232,7 @@ class Auto(MetaMethod):
         columns["doubted_by"] = np.array([",".join(names[doubted[:, i]]) for i in range(len(labels))],
                                          dtype=object)
         rank_by, ranked_by = None, "members' mean posterior"
-        timing: dict[str, float] = {}
+        timing: dict[str, Any] = {}
         if self.wants_final_views() and ctx.final_given is not None:
             columns["final_views_suspicion"] = given_suspicion(ctx.final_given)
             rank_by, ranked_by = columns["final_views_suspicion"], "final model, shifted views"
@@ -245,9 +246,20 @@ class Auto(MetaMethod):
             timing["probe_seconds"] = round(time.perf_counter() - started, 3)
             columns["probe_suspicion"] = heads.plain
             columns["probe_corrected_suspicion"] = heads.corrected
+            timing["probe_nll"] = {"plain": round(heads.plain_nll, 6),
+                                   "corrected": round(heads.corrected_nll, 6)}
+            # The corrected head joins only where its noise model predicts the held-out given
+            # labels better than the plain head (class-level noise); under instance-dependent
+            # noise its T only absorbs the features' confusions, and it ranks worse.
+            if heads.corrected_nll < heads.plain_nll:
+                combined = rank_mean(rank_by, heads.plain, heads.corrected)
+                ranked_by += " and two cross-fitted heads, plain and noise-corrected (mean rank)"
+            else:
+                combined = rank_mean(rank_by, heads.plain)
+                ranked_by += (" and a cross-fitted head (mean rank; the noise-corrected head "
+                              "fitted the labels worse)")
             # The combined order, on the first ranking's scale (a --threshold keeps its meaning).
-            rank_by = rank_posteriors(rank_mean(rank_by, heads.plain, heads.corrected), rank_by)
-            ranked_by += " and two cross-fitted heads, plain and noise-corrected (mean rank)"
+            rank_by = rank_posteriors(combined, rank_by)
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
                    "ranked_by": ranked_by, **timing}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,

@@ -219,6 +219,8 @@ class HeadScores:
     plain: np.ndarray
     corrected: np.ndarray
     transition: np.ndarray
+    plain_nll: float = float("nan")
+    corrected_nll: float = float("nan")
 
 
 def head_suspicions(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -237,6 +239,7 @@ def head_suspicions(features: torch.Tensor, labels: torch.Tensor, num_classes: i
     # Pass 1: the plain head; each row's own probability, and per class the sum of p(c) over
     # the unverified rows given c (the confident joint's thresholds).
     sums = np.zeros(c)
+    nll = {"plain": 0.0, "corrected": 0.0}
 
     def first(rows: torch.Tensor, q: torch.Tensor) -> None:
         g = y[rows]
@@ -244,6 +247,7 @@ def head_suspicions(features: torch.Tensor, labels: torch.Tensor, num_classes: i
         plain[rows.numpy()] = p_given.numpy()
         keep = free[rows]
         np.add.at(sums, g[keep].numpy(), p_given[keep].numpy())
+        nll["plain"] -= float(p_given[keep].clamp_min(1e-12).log().sum())
 
     fold, heads = _fit_folds(features, y, c, ones, seed, FOLDS, max_fit_rows)
     _held_out(features, fold, heads, first)
@@ -294,6 +298,11 @@ def head_suspicions(features: torch.Tensor, labels: torch.Tensor, num_classes: i
         g = y[rows]
         post = posterior_given(q, g, t_final).gather(1, g.view(-1, 1))[:, 0]
         corrected[rows.numpy()] = 1.0 - post.numpy()
+        keep = free[rows]
+        p_given = (q[keep] * t_final.double()[:, g[keep]].T).sum(1)
+        nll["corrected"] -= float(p_given.clamp_min(1e-12).log().sum())
 
     _held_out(features, fold, heads, score)
-    return HeadScores(np.clip(1.0 - plain, 0.0, 1.0), np.clip(corrected, 0.0, 1.0), transition)
+    m = max(1, int(free.sum()))
+    return HeadScores(np.clip(1.0 - plain, 0.0, 1.0), np.clip(corrected, 0.0, 1.0), transition,
+                      nll["plain"] / m, nll["corrected"] / m)
