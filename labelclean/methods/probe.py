@@ -27,9 +27,11 @@ regressions instead of K trainings; the features themselves were still trained o
 Measured on CIFAR-10 (docs/benchmarks.md, "Two cross-fitted heads"): the corrected head alone
 ranks a class-level flip far better than anything else in the run (0.84-0.86 AUROC against
 0.75) and is worse than the plain head under instance-dependent and uniform noise, where ``T``
-absorbs confusions of the features; the mean rank of the final views and both heads is the
-default ranking of ``auto``. Pure functions of arrays; ``auto`` calls :func:`head_suspicions`
-after training.
+absorbs confusions of the features. :class:`HeadScores` also carries each head's mean
+out-of-fold negative log-likelihood of the unverified rows' given labels; ``auto`` lets the
+corrected head into its ranking only where it is the lower (its noise model explains labels
+it did not see better than the plain head). Pure functions of arrays; ``auto`` calls
+:func:`head_suspicions` after training.
 """
 
 from __future__ import annotations
