@@ -22,6 +22,7 @@ docs/benchmarks.md (``--section``, default ``embeddings``) and docs/benchmark-re
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -41,7 +42,7 @@ from labelclean.models import build_backbone
 from labelclean.simulate import simulate
 from labelclean.train.augment import augment
 
-LEVER_COLUMNS = ("late_suspicion", "final_suspicion", "probe_suspicion")
+LEVER_COLUMNS = ("late_suspicion", "final_suspicion", "probe_suspicion", "probe_corrected_suspicion")
 
 
 def train_embedder(x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -111,6 +112,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--auto-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--section", default="embeddings")
+    parser.add_argument("--keep", default=None, help="copy the embeddings, labels and run folders here")
     args = parser.parse_args()
     path = SHARED_DATA / "cifar10_subset.npz"
     if not path.is_file():
@@ -168,6 +170,8 @@ def main() -> None:
             rows["cleanlab"] = cleanlab_row(vectors, noisy, truth, classes, args.seed)
             print(f"  cleanlab: F1 {rows['cleanlab']['f1']:.3f} AUROC {rows['cleanlab']['auroc']:.3f}", flush=True)
             raw["results"][setting] = {"noise": report, "rows": rows}
+        if args.keep:
+            shutil.copytree(tmp, args.keep, dirs_exist_ok=True)
     write_section(args.section, render(raw), raw)
 
 
@@ -189,8 +193,8 @@ def render(raw: dict) -> str:
                        f"{fmt(m['recall'])} | {fmt(m['f1'])} | {flagged} | {acc} | {m['wall_seconds']:.0f} |")
     out += ["", "Inside the `auto` run, AUROC / AP of each ranking (`auto`: its order; the others: "
             "its columns):", "",
-            "| setting | auto | late phase | final head, own vectors | cross-fitted head | training-loss row | "
-            "cleanlab |", "|---|---|---|---|---|---|---|"]
+            "| setting | auto | late phase | final head, own vectors | plain cross-fitted head | "
+            "corrected cross-fitted head | training-loss row | cleanlab |", "|---|---|---|---|---|---|---|---|"]
     for setting, r in raw["results"].items():
         a, cols = r["rows"]["auto"], r["rows"]["auto"]["columns"]
 

@@ -241,8 +241,10 @@ class Auto(MetaMethod):
         if (self.options.rank == "final+probe" and rank_by is not None
                 and ctx.final_features is not None and len(labels) >= MIN_ROWS):
             started = time.perf_counter()
+            # Features the run did not train: the plain head is weighted by the ranking so far.
             heads = head_suspicions(ctx.final_features, ctx.labels.cpu(), ctx.num_classes,
-                                    ctx.verified.cpu().numpy(), seed=ctx.config.seed)
+                                    ctx.verified.cpu().numpy(), seed=ctx.config.seed,
+                                    prior=rank_by if ctx.features_fixed else None)
             timing["probe_seconds"] = round(time.perf_counter() - started, 3)
             columns["probe_suspicion"] = heads.plain
             columns["probe_corrected_suspicion"] = heads.corrected

@@ -86,6 +86,9 @@ class TrainContext:
     #: the CPU; with ``--features``, the vectors as given); set by the loop after training for a
     #: method whose :meth:`Method.wants_final_features` is true.
     final_features: torch.Tensor | None = None
+    #: The final features are not trained by this run (``--features`` vectors, or a frozen
+    #: pretrained encoder with ``--finetune head``): the network is a linear head on them.
+    features_fixed: bool = False
 
     @property
     def num_samples(self) -> int:

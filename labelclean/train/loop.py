@@ -278,6 +278,7 @@ def train(
         final_t = ctx.predict()
         if method.wants_final_features():  # vectors are the head's features: no (N, d) copy
             ctx.final_features = inputs
+    ctx.features_fixed = vectors or config.finetune == "head"
     if method.wants_final_views() and ctx.load_shifted is not None:
         ctx.final_given = ctx.views_given(final_t, view_shifts(inputs.shape[-1]))
     evidence = method.evidence()
