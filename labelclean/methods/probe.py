@@ -60,6 +60,9 @@ MIN_ROWS = 2 * FOLDS
 MAX_FIT_ROWS = 200_000
 #: Held-out rows scored (and normalised) at a time.
 PREDICT_CHUNK = 65_536
+#: L-BFGS iterations of a corrected head, which starts from the same fold's previous head
+#: (the plain one, then the last round's) rather than from zero.
+WARM_ITERATIONS = 20
 #: EM rounds refining the transition matrix after the confident joint's start (the measured
 #: setting; each round is one cross-fit of the corrected head).
 EM_ROUNDS = 2
@@ -117,15 +120,17 @@ def transition_from_joint(joint: np.ndarray) -> np.ndarray:
 def fit_head(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, num_classes: int,
              iterations: int = ITERATIONS, weight_decay: float = WEIGHT_DECAY,
              transition: torch.Tensor | None = None,
-             clean: torch.Tensor | None = None) -> torch.nn.Linear:
+             clean: torch.Tensor | None = None,
+             start: torch.nn.Linear | None = None) -> torch.nn.Linear:
     """A linear head ``x -> logits`` minimising the ``weight``-weighted mean negative
     log-likelihood of ``y`` plus ``weight_decay * ||W||²``, from zero. Without ``transition``
     the likelihood is the softmax's (convex: the result does not depend on the start); with it,
     ``p(y | x) = sum_t softmax_t T[t, y]`` (forward correction; ``clean`` rows use the
     identity)."""
     head = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
+    with torch.no_grad():
+        head.weight.copy_(start.weight if start is not None else torch.zeros_like(head.weight))
+        head.bias.copy_(start.bias if start is not None else torch.zeros_like(head.bias))
     total = weight.sum().clamp_min(1e-12)
     opt = torch.optim.LBFGS(head.parameters(), max_iter=iterations, line_search_fn="strong_wolfe")
 
@@ -151,8 +156,9 @@ def _normalised(features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 def _fit_folds(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
                weight: np.ndarray, seed: int, folds: int, max_fit_rows: int,
-               transition: np.ndarray | None = None,
-               clean: np.ndarray | None = None) -> tuple[np.ndarray, list[torch.nn.Linear]]:
+               transition: np.ndarray | None = None, clean: np.ndarray | None = None,
+               starts: list[torch.nn.Linear] | None = None,
+               iterations: int = ITERATIONS) -> tuple[np.ndarray, list[torch.nn.Linear]]:
     """Each row's fold, and per fold a head fitted on the other folds (at most
     ``max_fit_rows`` of them, a seeded sample). ``transition`` (and ``clean``) make the heads
     forward-corrected."""
@@ -172,7 +178,9 @@ def _fit_folds(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
             fit = np.sort(rng.choice(fit, max_fit_rows, replace=False))
         rows = torch.from_numpy(fit)
         heads.append(fit_head(_normalised(features, rows), y[rows], w[rows], num_classes,
-                              transition=t, clean=None if t is None else ok[rows]))
+                              iterations=iterations, transition=t,
+                              clean=None if t is None else ok[rows],
+                              start=None if starts is None else starts[f]))
     return fold, heads
 
 
@@ -298,7 +306,8 @@ def head_suspicions(features: torch.Tensor, labels: torch.Tensor, num_classes: i
             post = posterior_given(q[keep], g, t_now).numpy()
             np.add.at(expected.T, g.numpy(), post)  # expected[:, g] += P(true = . | x, g)
 
-        fold, heads = _fit_folds(features, y, c, ones, seed, FOLDS, max_fit_rows, transition, clean)
+        fold, heads = _fit_folds(features, y, c, ones, seed, FOLDS, max_fit_rows, transition, clean,
+                                 starts=heads, iterations=WARM_ITERATIONS)
         _held_out(features, fold, heads, e_step)
         transition = transition_from_joint(expected)
     corrected = np.zeros(n, dtype=np.float64)
