@@ -77,7 +77,7 @@ def test_the_corrected_head_sees_a_class_level_flip_that_the_plain_head_learns()
     x, given, flipped = _flip()
     heads = head_suspicions(x, given, 4, np.zeros(len(given), dtype=bool))
     plain, corrected = _auroc(heads.plain, flipped), _auroc(heads.corrected, flipped)
-    assert corrected > 0.97 and corrected > plain + 0.05
+    assert corrected > 0.95 and corrected > plain + 0.05
     # T found the flip: a large share of class 0 goes to class 1; the other classes stay.
     t = heads.transition
     assert t.shape == (4, 4) and np.allclose(t.sum(1), 1.0)
