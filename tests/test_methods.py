@@ -490,6 +490,7 @@ def test_auto_ranks_by_the_final_views_and_the_cross_fitted_heads_and_says_so(ti
     assert every["probe_suspicion"].between(0, 1).all()
     assert every["probe_corrected_suspicion"].between(0, 1).all()
     assert summary["probe_seconds"] >= 0
+    assert summary["probe_weighted"] is False  # the run trained these features: no weights
     # The corrected head joins the mean rank only where it fitted the given labels better.
     nll = summary["probe_nll"]
     heads = ["final_views_suspicion", "probe_suspicion"]

@@ -100,6 +100,11 @@ def test_auto_on_features_ranks_by_the_late_belief_and_heads_cross_fitted_on_the
     off = np.abs(heads.plain - scores["probe_suspicion"].to_numpy()).mean()
     assert off < 1e-4
     assert np.abs(heads.corrected - scores["probe_corrected_suspicion"].to_numpy()).max() < 1e-6
+    # The run's transition matrix is the heads' EM estimate (MLC's is in its member summary).
+    assert summary["transition_from"] == "noise-corrected head (EM)"
+    saved_t = pd.read_csv(run.run_dir / "transition_matrix.csv", index_col=0)
+    assert list(saved_t.index) == list(saved_t.columns) == CLASSES
+    assert np.abs(saved_t.to_numpy() - heads.transition).max() <= 5e-5
     unweighted = heads_on(vec["x"], prior=None)
     assert np.abs(unweighted.plain - scores["probe_suspicion"].to_numpy()).mean() > 5 * off
     standardised = (vec["x"] - vec["x"].mean(0)) / vec["x"].std(0)  # the network's own input
