@@ -110,3 +110,28 @@ def test_finetune_none_embeds_once_and_features_give_the_same_scores(tiny, tmp_p
     same = audit(RunConfig(**common, features=str(tmp_path / "a" / "embeddings.parquet"),
                            id_column="id", out=str(tmp_path / "c")))
     assert np.array_equal(first.scores["suspicion"].to_numpy(), same.scores["suspicion"].to_numpy())
+
+
+def test_finetune_head_trains_on_images_with_the_encoder_frozen_and_weights_the_plain_head(
+        tiny, tmp_path):
+    import torchvision
+
+    torch.manual_seed(11)
+    net = torchvision.models.get_model("mobilenet_v3_small", weights=None)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    result = audit(RunConfig(dataset=str(tiny.csv), trusted=str(tiny.trusted), epochs=2,
+                             backbone="tv:mobilenet_v3_small", weights=str(tmp_path / "w.pt"),
+                             finetune="head", out=str(tmp_path / "run"), report=False))
+    assert result.summary["input"] != "embeddings" and result.config.finetune == "head"
+    summary = result.summary["method_summary"]
+    # The network is a linear head on the frozen encoder's features: a head refitted on them
+    # unweighted would repeat the training loss, so the plain head keeps the ranking's weights.
+    assert summary["probe_weighted"] is True
+    assert "cross-fitted head" in summary["ranked_by"]
+    assert result.scores["probe_suspicion"].between(0, 1).all()
+    # Frozen: the encoder's weights in the checkpoint are the file's.
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
+    encoder = {k.split(".", 1)[1]: v for k, v in saved.items() if k.startswith("features.")}
+    assert encoder, sorted(saved)[:5]
+    original = net.state_dict()
+    assert all(torch.equal(v, original[k]) for k, v in encoder.items() if k in original)

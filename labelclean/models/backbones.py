@@ -49,6 +49,23 @@ class Backbone(nn.Module):
         self.mean = mean
         self.std = std
         self.channels_last = channels_last
+        self.features_frozen = False
+
+    def freeze_features(self) -> None:
+        """``--finetune head``: the encoder neither learns nor adapts. Its parameters take no
+        gradient and it stays in eval mode whatever ``train()`` is called with, so batch-norm
+        running statistics are not re-estimated on the audited images and dropout inside the
+        encoder stays off."""
+        for p in self.features.parameters():
+            p.requires_grad_(False)
+        self.features_frozen = True
+        self.features.eval()
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        if self.features_frozen:
+            self.features.eval()
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -174,8 +174,7 @@ def train(
     else:
         model = build_backbone(config.backbone, num_classes, config.weights).to(device)
     if config.finetune == "head" and not vectors:  # the pretrained encoder stays as it is
-        for p in model.features.parameters():
-            p.requires_grad_(False)
+        model.freeze_features()
     memory_format = torch.channels_last if model.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     mean, std = _normalisation(model, inputs)
