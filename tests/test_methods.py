@@ -288,6 +288,26 @@ def test_auto_trains_on_the_chosen_members_while_every_member_keeps_learning():
         _context("auto", train_on="mlc,cleanlab")
 
 
+def test_auto_train_on_ce_steps_the_network_on_plain_cross_entropy_while_the_members_learn():
+    """``train_on=ce``: every member runs its meta step (its state moves), and the network's
+    loss is the cross-entropy of the batch's logits against the given labels."""
+    m, ctx, batch = _context("auto", train_on="ce")
+    table = m.members["mslg"].table.clone()
+    calls = []
+    for name, member in m.members.items():
+        def spy(*args, _name=name, _real=member.step_loss):
+            calls.append(_name)
+            return _real(*args) * 0 + 1000.0
+
+        member.step_loss = spy
+    loss = m.training_step(batch)
+    assert sorted(calls) == ["ieg", "mlc", "mlnt", "mslg"]
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(ctx.model(batch.x), batch.y)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert not torch.equal(m.members["mslg"].table, table)
+
+
 def test_auto_refuses_an_unknown_second_view():
     with pytest.raises(UsageError, match=r"auto\.second_view: expected one of teacher, student"):
         _context("auto", second_view="both")

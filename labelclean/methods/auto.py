@@ -37,8 +37,10 @@ class AutoOptions(MetaOptions):
     the final views' place (with ``final+probe``, the heads are cross-fitted on the vectors
     themselves); ``late`` (the late-phase training belief) or ``members`` (the mean of the
     members' posteriors). ``train_on``: the members whose losses train the network
-    (comma-separated, or ``all``); the others still run their meta steps every batch and keep
-    their evidence, but the network does not step on their losses. Measured, not the default:
+    (comma-separated, ``all``, or ``ce``: plain cross-entropy on the given labels, every member
+    a bystander); the others still run their meta steps every batch and keep their evidence,
+    but the network does not step on their losses. ``ce`` measured in docs/benchmarks.md,
+    "Training the network on plain cross-entropy". Measured, not the default:
     training on MLC and MLNT only raised the final-view AUROC on CIFAR-10 human 20% (0.660 ->
     0.682 on one draw, 0.700 -> 0.703 on another) and lowered it on flip-to-one (0.739 ->
     0.684), where IEG's and MSLG's corrections are what keep the network from learning the
@@ -58,6 +60,10 @@ class AutoOptions(MetaOptions):
         return _names(self.members)
 
     def trained_on(self, members: list[str]) -> list[str]:
+        """The members whose losses train the network; empty for ``ce`` (plain cross-entropy
+        on the given labels)."""
+        if self.train_on.strip() == "ce":
+            return []
         return members if self.train_on.strip() == "all" else _names(self.train_on)
 
 
@@ -119,9 +125,9 @@ class Auto(MetaMethod):
             raise UsageError(f"--option auto.members: expected some of {', '.join(known)} or all, "
                              f"found {self.options.members!r}")
         trained = self.options.trained_on(names)
-        if not trained or any(n not in names for n in trained):
-            raise UsageError(f"--option train_on: expected some of the members ({', '.join(names)}) "
-                             f"or all, found {self.options.train_on!r}")
+        if (not trained and self.options.train_on.strip() != "ce") or any(n not in names for n in trained):
+            raise UsageError(f"--option train_on: expected some of the members ({', '.join(names)}), "
+                             f"all or ce, found {self.options.train_on!r}")
         return names
 
     @classmethod
@@ -188,6 +194,8 @@ class Auto(MetaMethod):
             loss = m.step_loss(batch, h, z, shared) if m.ready() else F.cross_entropy(z, batch.y)
             if name in trained:  # the others update their own state (soft labels, weights) only
                 losses.append(loss)
+        if not losses:  # train_on=ce: the members correct nothing the network learns
+            return F.cross_entropy(z, batch.y)
         return torch.stack(losses).mean()
 
     def after_step(self, batch: Batch) -> None:
