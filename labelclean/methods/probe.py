@@ -123,10 +123,10 @@ def fit_head(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, num_classes
              clean: torch.Tensor | None = None,
              start: torch.nn.Linear | None = None) -> torch.nn.Linear:
     """A linear head ``x -> logits`` minimising the ``weight``-weighted mean negative
-    log-likelihood of ``y`` plus ``weight_decay * ||W||²``, from zero. Without ``transition``
-    the likelihood is the softmax's (convex: the result does not depend on the start); with it,
-    ``p(y | x) = sum_t softmax_t T[t, y]`` (forward correction; ``clean`` rows use the
-    identity)."""
+    log-likelihood of ``y`` plus ``weight_decay * ||W||²``, from ``start``'s weights (zero
+    without one). Without ``transition`` the likelihood is the softmax's (convex: the result
+    does not depend on the start); with it, ``p(y | x) = sum_t softmax_t T[t, y]`` (forward
+    correction; ``clean`` rows use the identity)."""
     head = torch.nn.Linear(x.shape[1], num_classes).to(x.device)
     with torch.no_grad():
         head.weight.copy_(start.weight if start is not None else torch.zeros_like(head.weight))
