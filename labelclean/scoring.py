@@ -35,6 +35,9 @@ The rule (docs/methods.md, "Scoring"):
   level of ``P(wrong)`` from the calibrated members, and the relabel vote stays each sample's
   own. (On CIFAR-10 that ranking beats every member, their combined posterior and the
   late-phase training belief on all seven noise settings: docs/benchmarks.md, ``levers_tta``.)
+  With an exam, ``Evidence.rank_alternatives`` may replace ``rank_by``: the exam rows'
+  verified labels choose the order (:func:`labelclean.exam.choose_ranking`; the summary's
+  ``ranking_choice``), before the flag cut and the estimates use it.
 * The estimated noise rate is the mean ``P(wrong)``, overall and per given class.
 """
 
@@ -48,7 +51,17 @@ from typing import Any
 
 import numpy as np
 
-from labelclean.exam import NO_EXAM, NO_EXAM_COUNT, Exam, estimates, flag_count, interval, separation
+from labelclean.exam import (
+    NO_EXAM,
+    NO_EXAM_COUNT,
+    Exam,
+    RankingChoice,
+    choose_ranking,
+    estimates,
+    flag_count,
+    interval,
+    separation,
+)
 from labelclean.run import schema as S
 
 #: P(wrong) at which evidence is strong enough to relabel without review (a 10% error rate
@@ -68,6 +81,8 @@ ALTERNATIVE_SHARE = 0.5
 #: whose calibrated posteriors saturate at 0 or 1.
 TIE_BREAK_WEIGHT = 0.001
 _EPS = 1e-4
+#: The name of ``Evidence.rank_by`` among the rankings the exam chooses from.
+DEFAULT_RANKING = "default"
 #: Cells per chunk where a dense ``(N, C)`` belief is read (see :func:`alternative`): 4M cells,
 #: 32 MB in float64.
 CHUNK_CELLS = 1 << 22
@@ -86,7 +101,10 @@ class Evidence:
     ``members`` holds the suspicion of each member of a combined method; when present, the
     decision calibrates and combines them (see the module docstring). ``rank_by`` (with
     ``members``) is the score that orders the samples in place of the combined posterior; the
-    members' posteriors then set the level (:func:`rank_posteriors`).
+    members' posteriors then set the level (:func:`rank_posteriors`). ``rank_alternatives``
+    (with ``rank_by``) are other orderings, by name, on ``rank_by``'s scale: where the audit has
+    an exam, it orders by one of them instead if the exam shows it ranks the team's wrong labels
+    better (:func:`labelclean.exam.choose_ranking`).
     """
 
     suspicion: np.ndarray
@@ -97,11 +115,17 @@ class Evidence:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     members: dict[str, np.ndarray] | None = None
     rank_by: np.ndarray | None = None
+    rank_alternatives: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.suspicion)
         if self.rank_by is not None and len(self.rank_by) != n:
             raise ValueError(f"evidence: rank_by has {len(self.rank_by)} rows, expected {n}")
+        if self.rank_alternatives and self.rank_by is None:
+            raise ValueError("evidence: rank_alternatives without rank_by")
+        for name, values in self.rank_alternatives.items():
+            if len(values) != n:
+                raise ValueError(f"evidence: ranking {name} has {len(values)} rows, expected {n}")
         if self.belief.shape[0] != n:
             raise ValueError(f"evidence: belief has {self.belief.shape[0]} rows, suspicion {n}")
         for name, values in (self.members or {}).items():
@@ -425,6 +449,7 @@ class Scored:
     flag_count_source: str = NO_EXAM_COUNT
     model_noise_rate: float = 0.0  # mean P(wrong) over the rows decided, exam rows included
     seed: int = 0
+    ranking_choice: RankingChoice | None = None  # the exam's choice among the rankings
 
     def summary(self, given: np.ndarray, verified_label: np.ndarray, verified: np.ndarray,
                 classes: list[str]) -> dict[str, Any]:
@@ -448,6 +473,8 @@ class Scored:
         if self.member_estimated_errors:
             out["member_estimated_errors"] = self.member_estimated_errors
         out["flag_count_source"] = self.flag_count_source
+        if self.ranking_choice is not None:
+            out["ranking_choice"] = self.ranking_choice.summary()
         if self.exam is not None:
             out["estimates"] = estimates(
                 self.exam, int(free.sum()), int(self.is_suspect.sum()), self.suspicion[free],
@@ -486,12 +513,21 @@ def score(
     suspicion = np.asarray(evidence.suspicion, dtype=np.float64).copy()
     columns: dict[str, np.ndarray] = {}
     posterior = strong = None
+    choice: RankingChoice | None = None
     member_errors: dict[str, int] = {}
     if evidence.members:
         combined = combine_members(evidence.members, free)
         suspicion, posterior, strong = combined.suspicion.copy(), combined.p_wrong, combined.strong
         if evidence.rank_by is not None:  # order by rank_by, the level from the members
             suspicion = np.clip(np.asarray(evidence.rank_by, dtype=np.float64), 0.0, 1.0)
+            if evidence.rank_alternatives and reveal.any():
+                choice = choose_ranking(
+                    given[reveal] != np.asarray(verified_label)[reveal], (DEFAULT_RANKING, suspicion[reveal]),
+                    {k: np.asarray(v, dtype=np.float64)[reveal] for k, v in evidence.rank_alternatives.items()},
+                    seed)
+                if choice is not None and choice.chosen != DEFAULT_RANKING:
+                    suspicion = np.clip(np.asarray(evidence.rank_alternatives[choice.chosen],
+                                                   dtype=np.float64), 0.0, 1.0)
             posterior = posterior.copy()
             posterior[free] = rank_posteriors(suspicion[free], combined.p_wrong[free])
         for name, p in combined.member_p_wrong.items():
@@ -537,7 +573,7 @@ def score(
     return Scored(suspicion, p_wrong, is_suspect, relabel, action, suggested,
                   belief.argmax(1), ranks(suspicion, free), decision, columns, member_errors,
                   outcome, decision.count_source if reveal.any() else NO_EXAM_COUNT, model_rate,
-                  seed)
+                  seed, choice)
 
 
 def threshold_flags(suspicion: np.ndarray, verified: np.ndarray, threshold: float) -> np.ndarray:

@@ -14,6 +14,7 @@ from labelclean.exam import (
     MIN_REFERENCE_PER_CLASS,
     SEPARATION_BOUNDS,
     Exam,
+    choose_ranking,
     estimate_lines,
     estimates,
     flag_count,
@@ -103,6 +104,72 @@ def test_exam_rows_are_decided_blind_then_revealed_as_verified():
         "estimates"]["ranking_auroc"]["estimate"] == pytest.approx(measured, abs=1e-4)
 
 
+def _ranked(wrong: np.ndarray, quality: float, rng: np.random.Generator) -> np.ndarray:
+    """A score whose AUROC on ``wrong`` is about ``quality`` (binormal, unit variance)."""
+    from statistics import NormalDist
+    d = np.sqrt(2) * NormalDist().inv_cdf(quality)
+    return 1 / (1 + np.exp(-(rng.normal(0, 1, len(wrong)) + d * wrong)))
+
+
+def test_choose_ranking_switches_only_where_the_exam_shows_a_clearly_better_ranking():
+    rng = np.random.default_rng(0)
+    wrong = rng.random(60) < 0.3
+    default = _ranked(wrong, 0.70, rng)
+    better = _ranked(wrong, 0.97, rng)
+    choice = choose_ranking(wrong, ("default", default), {"better": better}, seed=0)
+    assert choice is not None and choice.chosen == "better"
+    assert choice.exam_auroc["better"] == pytest.approx(auroc(better, wrong))
+    assert choice.exam_auroc["default"] == pytest.approx(auroc(default, wrong))
+    assert choice.win_share["better"] >= 0.9
+    # Of two that pass, the one that ranks the exam best; a worse one never replaces it.
+    best = _ranked(wrong, 0.999, rng)
+    worse = _ranked(wrong, 0.5, rng)
+    two = choose_ranking(wrong, ("default", default), {"worse": worse, "better": better, "best": best}, 0)
+    assert two is not None and two.chosen == "best" and two.win_share["worse"] < 0.9
+    # Barely better on the exam is not enough: the default stays.
+    close = default + rng.normal(0, 0.02, len(wrong))
+    kept = choose_ranking(wrong, ("default", default), {"close": close}, seed=0)
+    assert kept is not None and kept.chosen == "default" and kept.win_share["close"] < 0.9
+    assert kept.summary()["chosen"] == "default"
+    # Deterministic given the seed; None where the exam has too few wrong labels to rank.
+    assert choose_ranking(wrong, ("default", default), {"close": close}, seed=0) == kept
+    few = np.zeros(60, dtype=bool)
+    few[:4] = True
+    assert choose_ranking(few, ("default", default), {"better": better}, seed=0) is None
+
+
+def test_the_audit_orders_by_the_ranking_the_exam_chose_and_says_so():
+    rng = np.random.default_rng(1)
+    n, c = 600, 3
+    truth = rng.integers(0, c, n)
+    wrong = rng.random(n) < 0.3
+    given = np.where(wrong, (truth + 1) % c, truth)
+    default, better = _ranked(wrong, 0.7, rng), _ranked(wrong, 0.97, rng)
+    belief = np.full((n, c), 1 / c)
+    verified = np.zeros(n, dtype=bool)
+    verified[:100] = True
+    exam = np.zeros(n, dtype=bool)
+    exam[:80] = True
+    labels = np.where(verified, truth, given)
+    evidence = Evidence(default, belief, members={"a": default, "b": default}, rank_by=default,
+                        rank_alternatives={"better": better})
+    chosen = score(evidence, given, verified, labels, exam=exam, seed=2)
+    free = ~verified
+    assert (chosen.suspicion[free] == better[free]).all()
+    assert chosen.ranking_choice is not None and chosen.ranking_choice.chosen == "better"
+    summary = chosen.summary(given, labels, verified, ["a", "b", "c"])
+    assert summary["ranking_choice"]["chosen"] == "better"
+    # The exam's AUROC (the flag cut's) is the chosen ranking's.
+    assert summary["estimates"]["ranking_auroc"]["estimate"] == pytest.approx(
+        auroc(better[:80], wrong[:80]), abs=1e-4)
+    # Without an exam there is nothing to choose by: the default orders.
+    blind = score(evidence, given, verified, labels, seed=2)
+    assert (blind.suspicion[free] == default[free]).all() and blind.ranking_choice is None
+    assert "ranking_choice" not in blind.summary(given, labels, verified, ["a", "b", "c"])
+    with pytest.raises(ValueError, match="rank_alternatives without rank_by"):
+        Evidence(default, belief, rank_alternatives={"better": better})
+
+
 def test_the_flag_count_follows_the_exam_only_when_the_model_is_outside_its_interval():
     rate = interval(30, 100)  # 30% [22.9%, 38.0%]
     assert flag_count(rate, 300, 1000) == (300, "model estimate (inside the exam's interval)")
@@ -148,10 +215,10 @@ def test_representativeness_warns_on_a_skewed_verified_set():
     assert representativeness(given, verified, given, ["a", "b"]) is None
 
 
-def _big_tiny(tmp_path):
+def _big_tiny(tmp_path, flips=12):
     from tests.conftest import build_tiny
 
-    tiny = build_tiny(tmp_path, per_class=40, flips=12)
+    tiny = build_tiny(tmp_path, per_class=40, flips=flips)
     truth = tiny.truth
     # A random sample of rows verified (true labels), as a team would verify them.
     pick = np.random.default_rng(0).choice(len(truth), 60, replace=False)
@@ -162,7 +229,7 @@ def _big_tiny(tmp_path):
 
 
 def test_audit_reports_estimates_and_marks_the_exam(tmp_path):
-    tiny, trusted = _big_tiny(tmp_path)
+    tiny, trusted = _big_tiny(tmp_path, flips=36)  # enough wrong labels in the exam to rank
     result = audit(RunConfig(dataset=str(tiny.csv), trusted=str(trusted), out=str(tmp_path / "r"),
                              backbone="test_tiny", epochs=3, batch_size=16, image_size=12,
                              report=False))
@@ -174,6 +241,11 @@ def test_audit_reports_estimates_and_marks_the_exam(tmp_path):
     assert e["population"] == s["samples_scored"] and s["flag_count_source"]
     back = pd.read_csv(tmp_path / "r" / "scores.csv")
     assert back["exam"].sum() == s["exam_rows"]
+    # auto offers the corrected head's orders; the exam chose among them and the flag cut
+    # planned with the chosen order's exam AUROC.
+    choice = s["ranking_choice"]
+    assert set(choice["exam_auroc"]) == {"default", "corrected head", "final views and corrected head"}
+    assert e["ranking_auroc"]["estimate"] == pytest.approx(choice["exam_auroc"][choice["chosen"]], abs=1e-4)
     # No trusted set: still works, and says the estimates have no exam behind them.
     bare = audit(RunConfig(dataset=str(tiny.csv), out=str(tmp_path / "bare"), backbone="test_tiny",
                            epochs=2, batch_size=16, image_size=12, report=False))

@@ -247,6 +247,7 @@ class Auto(MetaMethod):
         columns["doubted_by"] = np.array([",".join(names[doubted[:, i]]) for i in range(len(labels))],
                                          dtype=object)
         rank_by, ranked_by = None, "members' mean posterior"
+        rank_alternatives: dict[str, np.ndarray] = {}
         timing: dict[str, Any] = {}
         if self.wants_final_views() and ctx.final_given is not None:
             columns["final_views_suspicion"] = given_suspicion(ctx.final_given)
@@ -281,12 +282,18 @@ class Auto(MetaMethod):
                 combined = rank_mean(rank_by, heads.plain)
                 ranked_by += (" and a cross-fitted head (mean rank; the noise-corrected head "
                               "fitted the labels worse)")
-            # The combined order, on the first ranking's scale (a --threshold keeps its meaning).
+            # Where the audit has an exam, it may order by the corrected head instead (alone, or
+            # with the final views) if that ranks the exam's wrong labels better: under a
+            # class-level flip it does by far (docs/benchmarks.md, "The exam chooses the ranking").
+            alternatives = {"corrected head": heads.corrected,
+                            "final views and corrected head": rank_mean(rank_by, heads.corrected)}
+            # Every order on the first ranking's scale (a --threshold keeps its meaning).
+            rank_alternatives = {k: rank_posteriors(v, rank_by) for k, v in alternatives.items()}
             rank_by = rank_posteriors(combined, rank_by)
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
                    "ranked_by": ranked_by, "transition_from": transition_from, **timing}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,
-                        rank_by=rank_by)
+                        rank_by=rank_by, rank_alternatives=rank_alternatives)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(),
