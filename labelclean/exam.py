@@ -153,12 +153,12 @@ def separation(wrong: np.ndarray, suspicion: np.ndarray) -> float | None:
     (docs/benchmarks.md, "The flag cut from the exam").
     """
     wrong = np.asarray(wrong, dtype=bool)
-    if not _separable(wrong):
+    if not can_rank(wrong):
         return None
     return float(np.clip(auroc(suspicion, wrong), *SEPARATION_BOUNDS))
 
 
-def _separable(wrong: np.ndarray) -> bool:
+def can_rank(wrong: np.ndarray) -> bool:
     """At least :data:`MIN_FOR_SEPARATION` wrong and as many right labels to rank."""
     return min(int(wrong.sum()), int((~wrong).sum())) >= MIN_FOR_SEPARATION
 
@@ -201,20 +201,20 @@ def choose_ranking(wrong: np.ndarray, default: tuple[str, np.ndarray],
     one). An alternative replaces the default only where its exam AUROC is higher in at least
     :data:`CHOICE_LEVEL` of a paired, stratified bootstrap of the exam rows (wrong and right rows
     resampled separately, every ranking on the same draw); of those that pass, the one with the
-    highest exam AUROC wins. ``None`` where the exam cannot rank (:func:`_separable`).
+    highest exam AUROC wins. ``None`` where the exam cannot rank (:func:`can_rank`).
 
     Why: a noise-corrected head ranks a class-level flip far better than the default combination
     and a little worse under instance-dependent noise, and which noise a team has is what the
     exam measures (docs/benchmarks.md, "The exam chooses the ranking").
     """
     wrong = np.asarray(wrong, dtype=bool)
-    if not _separable(wrong):
+    if not can_rank(wrong):
         return None
     rng = np.random.default_rng([seed, 0xC0053])
     rows = np.arange(len(wrong))
     if len(rows) > MAX_CHOICE_ROWS:
         rows = np.sort(rng.choice(rows, MAX_CHOICE_ROWS, replace=False))
-        if not _separable(wrong[rows]):
+        if not can_rank(wrong[rows]):
             return None
     w = wrong[rows]
     name, base = default
@@ -237,7 +237,7 @@ def choose_ranking(wrong: np.ndarray, default: tuple[str, np.ndarray],
 def _separation_interval(exam: Exam, seed: int) -> dict[str, Any] | None:
     """The exam's AUROC of the ranking with a percentile bootstrap interval over its rows."""
     wrong = exam.wrong
-    if not _separable(wrong):
+    if not can_rank(wrong):
         return None
     rng = np.random.default_rng([seed, 0xA0C])
     draws = []

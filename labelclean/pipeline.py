@@ -27,6 +27,7 @@ from labelclean.errors import ConfigError, DataError
 from labelclean.exam import (
     MIN_EXAM,
     MIN_REFERENCE_PER_CLASS,
+    can_rank,
     model_check,
     representativeness,
     split_exam,
@@ -301,6 +302,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
             result = train(
                 config, inputs, torch.from_numpy(targets), torch.from_numpy(reference),
                 samples.sample_ids, len(samples.classes), method, run_dir, reporter,
+                exam_can_choose=can_rank(given[exam] != samples.targets[exam]),
             )
         evidence, final_probs = result.evidence, result.final_probs
     notes.extend(evidence.summary.get("notes", []))

@@ -104,7 +104,7 @@ def test_without_trusted_set_meta_methods_pick_and_announce_a_reference(tiny, tm
 
 # -- unit level: a hand-built context ----------------------------------------------------
 
-def _context(method, scope="head", n=24, c=3, **options):
+def _context(method, scope="head", n=24, c=3, exam_can_choose=False, **options):
     torch.manual_seed(0)
     model = build_backbone("test_tiny", c)
     pixels = torch.rand(n, 3, 8, 8)
@@ -116,7 +116,8 @@ def _context(method, scope="head", n=24, c=3, **options):
                        sample_ids=[f"s{i}" for i in range(n)], epochs=2, steps_per_epoch=3,
                        batch_size=8, generator=torch.Generator().manual_seed(0),
                        device=torch.device("cpu"), config=config,
-                       load=lambda rows, aug: pixels[rows], notice=lambda m: None)
+                       load=lambda rows, aug: pixels[rows], notice=lambda m: None,
+                       exam_can_choose=exam_can_choose)
     m = METHODS.get(method).build({"warmup": 0.5, **options})
     m.setup(ctx)
     ctx.optimizer = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -306,6 +307,23 @@ def test_auto_train_on_ce_steps_the_network_on_plain_cross_entropy_while_the_mem
         expected = torch.nn.functional.cross_entropy(ctx.model(batch.x), batch.y)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert not torch.equal(m.members["mslg"].table, table)
+
+
+def test_auto_trains_on_plain_cross_entropy_by_default_only_where_an_exam_can_choose_the_ranking():
+    """``train_on=auto`` (the default): ``ce`` where the exam can choose among the heads' orders
+    afterwards, every member's loss otherwise (and with a ranking the exam has no heads for)."""
+    everyone = ["ieg", "mlc", "mlnt", "mslg"]
+    m, ctx, batch = _context("auto", exam_can_choose=True)
+    assert m.trained == []
+    for member in m.members.values():
+        member.step_loss = lambda *args, _real=member.step_loss: _real(*args) * 0 + 1000.0
+    with torch.no_grad():
+        expected = torch.nn.functional.cross_entropy(ctx.model(batch.x), batch.y)
+    assert m.training_step(batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert sorted(_context("auto")[0].trained) == everyone
+    assert sorted(_context("auto", exam_can_choose=True, rank="final")[0].trained) == everyone
+    assert sorted(_context("auto", exam_can_choose=True, train_on="all")[0].trained) == everyone
+    assert _context("auto", train_on="ce")[0].trained == []
 
 
 def test_auto_refuses_an_unknown_second_view():

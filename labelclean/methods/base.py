@@ -89,6 +89,11 @@ class TrainContext:
     #: The final features are not trained by this run (``--features`` vectors, or a frozen
     #: pretrained encoder with ``--finetune head``): the network is a linear head on them.
     features_fixed: bool = False
+    #: The audit has an exam that can choose the ranking after training (at least
+    #: :data:`labelclean.exam.MIN_FOR_SEPARATION` wrong and as many right labels among its
+    #: rows, :func:`labelclean.exam.choose_ranking`). Only those counts are known here; the
+    #: exam rows still train blind, on their given labels.
+    exam_can_choose: bool = False
 
     @property
     def num_samples(self) -> int:

@@ -157,8 +157,12 @@ def train(
     method: Method,
     run_dir: Path,
     reporter: Reporter,
+    exam_can_choose: bool = False,
 ) -> TrainResult:
     """Train ``method`` on ``inputs`` and return its evidence.
+
+    ``exam_can_choose``: the audit has an exam that can choose the ranking afterwards
+    (``TrainContext.exam_can_choose``).
 
     ``inputs`` are ``(N, 3, S, S)`` uint8 pixels (the backbone ``config.backbone``, augmented
     per batch) or ``(N, D)`` float vectors (``--features``: a linear head on the standardised
@@ -209,6 +213,7 @@ def train(
         steps_per_epoch=steps_per_epoch, batch_size=batch_size, generator=generator,
         device=device, config=config, load=load, notice=reporter.notice, amp_dtype=amp,
         load_shifted=None if vectors or config.augment == "none" else load_shifted,
+        exam_can_choose=exam_can_choose,
     )
     method.setup(ctx)
     optimizer = torch.optim.SGD(
