@@ -279,6 +279,8 @@ class Decision:
     relabel_threshold: float
     threshold_method: str
     count_source: str = "estimated count"  # where the flagged count came from
+    #: Rows relabelled on the exam's posterior where the members' vote was short (see :func:`decide`).
+    by_exam: np.ndarray | None = None
 
 
 def alternative(belief: np.ndarray, given: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -370,7 +372,11 @@ def decide(
     ranking's AUROC as the exam measured it (:func:`labelclean.exam.separation`); the F1 cut
     then uses the posteriors a ranking that good gives at that count
     (:func:`binormal_posteriors`) instead of the model's, which are sharper than its ranking
-    on structured noise.
+    on structured noise. With ``strong`` and ``separation``, a flagged row whose alternative is
+    clear is also relabelled where that exam posterior reaches :data:`RELABEL_POSTERIOR`: the
+    exam measured a ranking good enough that at least nine in ten rows at its rank are wrong,
+    even where the members' own posteriors are too flat to vote (a network trained on plain
+    cross-entropy, ``auto``'s default with an exam, leaves them so).
     """
     mixture = fit_mixture(suspicion) if posterior is None else None
     if posterior is not None:
@@ -388,8 +394,12 @@ def decide(
     if count is not None:
         expected, source = count(expected)
     flagged = expected
-    if flag_rule == "f1" and expected > 0 and separation is not None:
+    exam_posterior = None
+    if expected > 0 and separation is not None:
         in_order = binormal_posteriors(len(suspicion), expected / len(suspicion), separation)
+        exam_posterior = np.empty(len(suspicion))
+        exam_posterior[np.argsort(-suspicion, kind="stable")] = in_order
+    if flag_rule == "f1" and exam_posterior is not None:
         flagged = f1_optimal_count(in_order, expected)
         source += f" and the exam's AUROC {separation:.2f}"
     elif flag_rule == "f1" and expected > 0:
@@ -408,8 +418,12 @@ def decide(
     is_suspect = suspicion >= flag_t
     strong_enough = (suspicion >= relabel_t if strong is None
                      else np.asarray(strong, dtype=bool) & (posterior >= VOTE_MIN_POSTERIOR))
-    relabel = is_suspect & strong_enough & confident
-    return Decision(posterior, is_suspect, relabel, flag_t, relabel_t, method, source)
+    by_exam = np.zeros(len(suspicion), dtype=bool)
+    if strong is not None and exam_posterior is not None:
+        by_exam = ~strong_enough & (exam_posterior >= RELABEL_POSTERIOR)
+    relabel = is_suspect & (strong_enough | by_exam) & confident
+    return Decision(posterior, is_suspect, relabel, flag_t, relabel_t, method, source,
+                    relabel & by_exam)
 
 
 def _crossing(suspicion: np.ndarray, posterior: np.ndarray, level: float) -> float:
@@ -450,6 +464,7 @@ class Scored:
     model_noise_rate: float = 0.0  # mean P(wrong) over the rows decided, exam rows included
     seed: int = 0
     ranking_choice: RankingChoice | None = None  # the exam's choice among the rankings
+    exam_relabels: int = 0  # relabels the exam's posterior allowed where the vote did not
 
     def summary(self, given: np.ndarray, verified_label: np.ndarray, verified: np.ndarray,
                 classes: list[str]) -> dict[str, Any]:
@@ -461,6 +476,7 @@ class Scored:
         out: dict[str, Any] = {
             "flagged": int(self.is_suspect.sum()),
             "relabel": int(self.relabel.sum()),
+            "relabel_by_exam": self.exam_relabels,
             "review": int((self.is_suspect & ~self.relabel).sum()),
             "verified_corrections": int((verified & (verified_label != given)).sum()),
             "threshold": round(self.decision.threshold, 6),
@@ -558,6 +574,9 @@ def score(
     is_suspect[free] = decision.is_suspect
     relabel = np.zeros(n, dtype=bool)
     relabel[free] = decision.relabel
+    by_exam = np.zeros(n, dtype=bool)
+    if decision.by_exam is not None:
+        by_exam[free] = decision.by_exam
     outcome = None
     if reveal.any():
         outcome = Exam(given[reveal], np.asarray(verified_label)[reveal], is_suspect[reveal].copy(),
@@ -573,7 +592,7 @@ def score(
     return Scored(suspicion, p_wrong, is_suspect, relabel, action, suggested,
                   belief.argmax(1), ranks(suspicion, free), decision, columns, member_errors,
                   outcome, decision.count_source if reveal.any() else NO_EXAM_COUNT, model_rate,
-                  seed, choice)
+                  seed, choice, int((by_exam & ~reveal).sum()))
 
 
 def threshold_flags(suspicion: np.ndarray, verified: np.ndarray, threshold: float) -> np.ndarray:

@@ -73,6 +73,35 @@ def test_a_vote_does_not_relabel_a_row_the_audit_reports_as_probably_right():
     assert d.relabel.tolist() == [True] * 4 + [False] * 6
 
 
+def test_the_exam_relabels_where_it_measured_a_ranking_good_enough_and_the_vote_was_short():
+    """Members too flat to vote (none at 0.9, P(wrong) low): an exam that measured AUROC 0.99
+    at 30% wrong puts the top of the ranking past 0.9, and those rows with a clear alternative
+    are relabelled; at a measured 0.7 no rank reaches 0.9 and nothing is."""
+    n = 1000
+    s = np.linspace(1.0, 0.0, n)
+    flat = np.full(n, 0.2)
+    confident = np.ones(n, dtype=bool)
+    confident[1] = False  # no clear alternative: reviewed, never relabelled
+
+    def count(expected):
+        return 300, "exam"
+
+    no = np.zeros(n, dtype=bool)
+    good = decide(s, confident, posterior=flat, strong=no, count=count, separation=0.99)
+    want = binormal_posteriors(n, 0.3, 0.99) >= 0.9
+    assert 100 < want.sum() < 300  # the top of the ranking, not the whole flagged set
+    assert good.relabel.tolist() == (want & confident & good.is_suspect).tolist()
+    assert good.by_exam is not None and (good.by_exam == good.relabel).all()
+    weak = decide(s, confident, posterior=flat, strong=no, count=count, separation=0.7)
+    assert weak.is_suspect.any() and not weak.relabel.any()
+    # Without the exam's AUROC the members' vote alone decides, as before.
+    assert not decide(s, confident, posterior=flat, strong=no, count=count).relabel.any()
+    # A row the vote relabels counts as the vote's, not the exam's.
+    vote = decide(s, confident, posterior=np.full(n, 0.95), strong=np.ones(n, bool), count=count,
+                  separation=0.99)
+    assert vote.relabel.sum() > good.relabel.sum() and vote.by_exam is not None and not vote.by_exam.any()
+
+
 def test_alternative_is_the_best_other_class_with_its_share():
     belief = np.array([[0.6, 0.3, 0.1], [0.1, 0.1, 0.8], [0.5, 0.25, 0.25]])
     alt, share = alternative(belief, np.array([0, 2, 0]))
