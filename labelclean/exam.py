@@ -234,20 +234,30 @@ def choose_ranking(wrong: np.ndarray, default: tuple[str, np.ndarray],
     return RankingChoice(chosen, exam_auroc, win_share)
 
 
-def _separation_interval(exam: Exam, seed: int) -> dict[str, Any] | None:
-    """The exam's AUROC of the ranking with a percentile bootstrap interval over its rows."""
-    wrong = exam.wrong
+def separation_interval(wrong: np.ndarray, suspicion: np.ndarray,
+                        seed: int) -> tuple[float, float, float] | None:
+    """The exam's AUROC of ``suspicion`` with its 90% percentile bootstrap interval over the exam
+    rows: ``(estimate, low, high)``; ``None`` where the exam cannot rank (:func:`can_rank`)."""
+    wrong = np.asarray(wrong, dtype=bool)
+    suspicion = np.asarray(suspicion, dtype=np.float64)
     if not can_rank(wrong):
         return None
     rng = np.random.default_rng([seed, 0xA0C])
     draws = []
-    for idx in rng.integers(0, len(exam), size=(BOOTSTRAP, len(exam))):
-        a = auroc(exam.suspicion[idx], wrong[idx])
+    for idx in rng.integers(0, len(wrong), size=(BOOTSTRAP, len(wrong))):
+        a = auroc(suspicion[idx], wrong[idx])
         if not math.isnan(a):
             draws.append(a)
     lo, hi = np.quantile(draws, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-    return {"estimate": round(auroc(exam.suspicion, wrong), 4), "low": round(float(lo), 4),
-            "high": round(float(hi), 4)}
+    return auroc(suspicion, wrong), float(lo), float(hi)
+
+
+def _separation_interval(exam: Exam, seed: int) -> dict[str, Any] | None:
+    """:func:`separation_interval` of the exam's outcomes, as a summary entry."""
+    got = separation_interval(exam.wrong, exam.suspicion, seed)
+    if got is None:
+        return None
+    return {"estimate": round(got[0], 4), "low": round(got[1], 4), "high": round(got[2], 4)}
 
 
 def estimates(exam: Exam, population: int, flagged: int, suspicion_free: np.ndarray,

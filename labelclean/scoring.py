@@ -54,6 +54,7 @@ import numpy as np
 from labelclean.exam import (
     NO_EXAM,
     NO_EXAM_COUNT,
+    SEPARATION_BOUNDS,
     Exam,
     RankingChoice,
     choose_ranking,
@@ -61,6 +62,7 @@ from labelclean.exam import (
     flag_count,
     interval,
     separation,
+    separation_interval,
 )
 from labelclean.run import schema as S
 
@@ -357,6 +359,7 @@ def decide(
     count: Callable[[int], tuple[int, str]] | None = None,
     flag_rule: str = "f1",
     separation: float | None = None,
+    relabel_separation: float | None = None,
 ) -> Decision:
     """Flag and choose actions. ``threshold`` (if given) replaces the derived flag threshold.
 
@@ -372,10 +375,11 @@ def decide(
     ranking's AUROC as the exam measured it (:func:`labelclean.exam.separation`); the F1 cut
     then uses the posteriors a ranking that good gives at that count
     (:func:`binormal_posteriors`) instead of the model's, which are sharper than its ranking
-    on structured noise. With ``strong`` and ``separation``, a flagged row whose alternative is
-    clear is also relabelled where that exam posterior reaches :data:`RELABEL_POSTERIOR`: the
-    exam measured a ranking good enough that at least nine in ten rows at its rank are wrong,
-    even where the members' own posteriors are too flat to vote (a network trained on plain
+    on structured noise. With ``strong`` and ``relabel_separation`` (the low end of the exam's
+    90% interval for that AUROC), a flagged row whose alternative is clear is also relabelled
+    where the posterior a ranking that good gives its rank reaches :data:`RELABEL_POSTERIOR`:
+    even a ranking at the exam's lower bound puts at least nine in ten rows at that rank wrong,
+    where the members' own posteriors are too flat to vote (a network trained on plain
     cross-entropy, ``auto``'s default with an exam, leaves them so).
     """
     mixture = fit_mixture(suspicion) if posterior is None else None
@@ -394,12 +398,8 @@ def decide(
     if count is not None:
         expected, source = count(expected)
     flagged = expected
-    exam_posterior = None
-    if expected > 0 and separation is not None:
+    if flag_rule == "f1" and expected > 0 and separation is not None:
         in_order = binormal_posteriors(len(suspicion), expected / len(suspicion), separation)
-        exam_posterior = np.empty(len(suspicion))
-        exam_posterior[np.argsort(-suspicion, kind="stable")] = in_order
-    if flag_rule == "f1" and exam_posterior is not None:
         flagged = f1_optimal_count(in_order, expected)
         source += f" and the exam's AUROC {separation:.2f}"
     elif flag_rule == "f1" and expected > 0:
@@ -419,7 +419,10 @@ def decide(
     strong_enough = (suspicion >= relabel_t if strong is None
                      else np.asarray(strong, dtype=bool) & (posterior >= VOTE_MIN_POSTERIOR))
     by_exam = np.zeros(len(suspicion), dtype=bool)
-    if strong is not None and exam_posterior is not None:
+    if strong is not None and relabel_separation is not None and expected > 0:
+        exam_posterior = np.empty(len(suspicion))
+        exam_posterior[np.argsort(-suspicion, kind="stable")] = binormal_posteriors(
+            len(suspicion), expected / len(suspicion), relabel_separation)
         by_exam = ~strong_enough & (exam_posterior >= RELABEL_POSTERIOR)
     relabel = is_suspect & (strong_enough | by_exam) & confident
     return Decision(posterior, is_suspect, relabel, flag_t, relabel_t, method, source,
@@ -552,11 +555,14 @@ def score(
         columns["strong_votes"] = combined.votes
     alt, share = alternative(belief, given)
     count = None
-    ranking_auroc = None
+    ranking_auroc = relabel_auroc = None
     if reveal.any():
         exam_wrong = given[reveal] != verified_label[reveal]
         rate = interval(int(exam_wrong.sum()), int(reveal.sum()))
         ranking_auroc = separation(exam_wrong, suspicion[reveal])
+        measured = separation_interval(exam_wrong, suspicion[reveal], seed)
+        if measured is not None:  # relabel on what even the interval's low end supports
+            relabel_auroc = float(np.clip(measured[1], *SEPARATION_BOUNDS))
 
         def count(expected: int) -> tuple[int, str]:
             return flag_count(rate, expected, int(free.sum()))
@@ -564,7 +570,7 @@ def score(
     decision = decide(
         suspicion[free], share[free] >= ALTERNATIVE_SHARE, threshold,
         None if posterior is None else posterior[free], None if strong is None else strong[free],
-        count, flag_rule, ranking_auroc,
+        count, flag_rule, ranking_auroc, relabel_auroc,
     )
     model_rate = float(decision.posterior.mean()) if free.any() else 0.0
     n = len(given)

@@ -170,6 +170,37 @@ def test_the_audit_orders_by_the_ranking_the_exam_chose_and_says_so():
         Evidence(default, belief, rank_alternatives={"better": better})
 
 
+def test_relabelling_on_the_exam_takes_the_low_end_of_its_auroc_interval():
+    """Members too flat to vote: what the audit relabels is what a ranking at the low end of the
+    exam's AUROC interval puts at 0.9 or more, not what its point estimate would."""
+    from labelclean.exam import separation_interval
+    from labelclean.scoring import binormal_posteriors
+
+    rng = np.random.default_rng(3)
+    n, c = 900, 3
+    truth = rng.integers(0, c, n)
+    wrong = rng.random(n) < 0.3
+    given = np.where(wrong, (truth + 1) % c, truth)
+    suspicion = _ranked(wrong, 0.93, rng)
+    belief = np.full((n, c), 0.05)
+    belief[np.arange(n), truth] = 0.9  # a clear alternative on every wrong label
+    flat = {"a": np.full(n, 0.3) + rng.uniform(0, 1e-3, n), "b": np.full(n, 0.3)}
+    verified = np.zeros(n, dtype=bool)
+    verified[:100] = True
+    labels = np.where(verified, truth, given)
+    scored = score(Evidence(suspicion, belief, members=flat, rank_by=suspicion), given, verified,
+                   labels, exam=verified, seed=0)
+    assert scored.relabel.sum() > 0 and scored.exam_relabels == scored.relabel.sum()
+    estimate, low, _high = separation_interval(wrong[:100], suspicion[:100], seed=0)
+    assert low < estimate
+    decided = n  # the exam rows are decided blind with the rest
+    expected = round(wrong[:100].mean() * decided)  # the count follows the exam (the model's is 0)
+    assert scored.flag_count_source.startswith("exam noise rate")
+    at_low = binormal_posteriors(decided, expected / decided, low) >= 0.9
+    at_point = binormal_posteriors(decided, expected / decided, estimate) >= 0.9
+    assert scored.relabel.sum() <= at_low.sum() < at_point.sum()
+
+
 def test_the_flag_count_follows_the_exam_only_when_the_model_is_outside_its_interval():
     rate = interval(30, 100)  # 30% [22.9%, 38.0%]
     assert flag_count(rate, 300, 1000) == (300, "model estimate (inside the exam's interval)")

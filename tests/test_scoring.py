@@ -74,9 +74,10 @@ def test_a_vote_does_not_relabel_a_row_the_audit_reports_as_probably_right():
 
 
 def test_the_exam_relabels_where_it_measured_a_ranking_good_enough_and_the_vote_was_short():
-    """Members too flat to vote (none at 0.9, P(wrong) low): an exam that measured AUROC 0.99
-    at 30% wrong puts the top of the ranking past 0.9, and those rows with a clear alternative
-    are relabelled; at a measured 0.7 no rank reaches 0.9 and nothing is."""
+    """Members too flat to vote (none at 0.9, P(wrong) low): an exam whose AUROC interval starts
+    at 0.99 at 30% wrong puts the top of the ranking past 0.9, and those rows with a clear
+    alternative are relabelled; from 0.7 no rank reaches 0.9 and nothing is. The point
+    estimate (the flag cut's) alone relabels nothing: the route takes the interval's low end."""
     n = 1000
     s = np.linspace(1.0, 0.0, n)
     flat = np.full(n, 0.2)
@@ -87,18 +88,21 @@ def test_the_exam_relabels_where_it_measured_a_ranking_good_enough_and_the_vote_
         return 300, "exam"
 
     no = np.zeros(n, dtype=bool)
-    good = decide(s, confident, posterior=flat, strong=no, count=count, separation=0.99)
+    good = decide(s, confident, posterior=flat, strong=no, count=count, separation=0.99,
+                  relabel_separation=0.99)
     want = binormal_posteriors(n, 0.3, 0.99) >= 0.9
     assert 100 < want.sum() < 300  # the top of the ranking, not the whole flagged set
     assert good.relabel.tolist() == (want & confident & good.is_suspect).tolist()
     assert good.by_exam is not None and (good.by_exam == good.relabel).all()
-    weak = decide(s, confident, posterior=flat, strong=no, count=count, separation=0.7)
+    weak = decide(s, confident, posterior=flat, strong=no, count=count, separation=0.99,
+                  relabel_separation=0.7)
     assert weak.is_suspect.any() and not weak.relabel.any()
-    # Without the exam's AUROC the members' vote alone decides, as before.
+    # Without the interval's low end the members' vote alone decides, as before.
     assert not decide(s, confident, posterior=flat, strong=no, count=count).relabel.any()
+    assert not decide(s, confident, posterior=flat, strong=no, count=count, separation=0.99).relabel.any()
     # A row the vote relabels counts as the vote's, not the exam's.
     vote = decide(s, confident, posterior=np.full(n, 0.95), strong=np.ones(n, bool), count=count,
-                  separation=0.99)
+                  separation=0.99, relabel_separation=0.99)
     assert vote.relabel.sum() > good.relabel.sum() and vote.by_exam is not None and not vote.by_exam.any()
 
 
