@@ -415,6 +415,18 @@ def estimate_lines(summary: dict) -> list[str]:
         a = e["ranking_auroc"]
         lines.append(f"ranking on the exam rows: AUROC {a['estimate']:.2f} [{a['low']:.2f}, {a['high']:.2f}] "
                      "(1.00 puts every wrong label first, 0.50 is chance)")
+    choice = summary.get("ranking_choice")
+    if choice:
+        got = choice["exam_auroc"]
+        if choice["chosen"] != "default":
+            lines.append(f"order: the exam chose the {choice['chosen']} (AUROC {got[choice['chosen']]:.2f} on the "
+                         f"exam rows against the default's {got['default']:.2f})")
+        else:
+            lines.append("order: the default; no other order ranked the exam rows better in "
+                         f"{choice['level']:.0%} of resamples")
+    if summary.get("relabel_by_exam"):
+        lines.append(f"{summary['relabel_by_exam']:,} relabels rest on the exam's measured ranking (the low "
+                     "end of its AUROC interval puts them at 90% or more wrong)")
     if not e["model_agrees"]:
         lines.append(f"note: the model's own estimate of the noise rate, {e['model_noise_rate']:.1%}, "
                      f"is outside the exam's interval; the exam is the one to trust")

@@ -231,6 +231,16 @@ def test_the_exam_measures_the_rankings_auroc_with_an_interval():
     assert r["high"] - r["low"] > 0.1  # 15 wrong labels cannot pin it down closely
     summary = {"estimates": e, "flag_count_source": "model estimate"}
     assert any(f"AUROC {a:.2f}" in line for line in estimate_lines(summary))
+    assert not any(line.startswith("order:") for line in estimate_lines(summary))
+    chose = {**summary, "relabel_by_exam": 7, "ranking_choice": {
+        "chosen": "corrected head", "level": 0.9, "exam_auroc": {"default": 0.65, "corrected head": 0.9}}}
+    lines = estimate_lines(chose)
+    assert "order: the exam chose the corrected head (AUROC 0.90 on the exam rows against the default's 0.65)" in lines
+    assert any(line.startswith("7 relabels rest on the exam's") for line in lines)
+    kept = {**chose, "relabel_by_exam": 0, "ranking_choice": {**chose["ranking_choice"], "chosen": "default"}}
+    assert [line for line in estimate_lines(kept) if line.startswith("order:")] == [
+        "order: the default; no other order ranked the exam rows better in 90% of resamples"]
+    assert not any("relabels rest" in line for line in estimate_lines(kept))
     few = estimates(Exam(exam.given[11:], exam.truth[11:], exam.flagged[11:], suspicion[11:]),
                     1000, 100, np.linspace(0, 1, 1000), 0.25, ["x", "y"], 0)
     assert few["ranking_auroc"] is None
