@@ -133,6 +133,8 @@ class Exam:
     truth: np.ndarray  # verified labels
     flagged: np.ndarray
     suspicion: np.ndarray
+    #: :func:`separation_interval` of ``suspicion``, where the decision already measured it.
+    auroc_interval: tuple[float, float, float] | None = None
 
     @property
     def wrong(self) -> np.ndarray:
@@ -254,7 +256,7 @@ def separation_interval(wrong: np.ndarray, suspicion: np.ndarray,
 
 def _separation_interval(exam: Exam, seed: int) -> dict[str, Any] | None:
     """:func:`separation_interval` of the exam's outcomes, as a summary entry."""
-    got = separation_interval(exam.wrong, exam.suspicion, seed)
+    got = exam.auroc_interval or separation_interval(exam.wrong, exam.suspicion, seed)
     if got is None:
         return None
     return {"estimate": round(got[0], 4), "low": round(got[1], 4), "high": round(got[2], 4)}

@@ -534,6 +534,7 @@ def score(
     posterior = strong = None
     choice: RankingChoice | None = None
     member_errors: dict[str, int] = {}
+    exam_wrong = given[reveal] != np.asarray(verified_label)[reveal]
     if evidence.members:
         combined = combine_members(evidence.members, free)
         suspicion, posterior, strong = combined.suspicion.copy(), combined.p_wrong, combined.strong
@@ -541,7 +542,7 @@ def score(
             suspicion = np.clip(np.asarray(evidence.rank_by, dtype=np.float64), 0.0, 1.0)
             if evidence.rank_alternatives and reveal.any():
                 choice = choose_ranking(
-                    given[reveal] != np.asarray(verified_label)[reveal], (DEFAULT_RANKING, suspicion[reveal]),
+                    exam_wrong, (DEFAULT_RANKING, suspicion[reveal]),
                     {k: np.asarray(v, dtype=np.float64)[reveal] for k, v in evidence.rank_alternatives.items()},
                     seed)
                 if choice is not None and choice.chosen != DEFAULT_RANKING:
@@ -555,9 +556,8 @@ def score(
         columns["strong_votes"] = combined.votes
     alt, share = alternative(belief, given)
     count = None
-    ranking_auroc = relabel_auroc = None
+    ranking_auroc = relabel_auroc = measured = None
     if reveal.any():
-        exam_wrong = given[reveal] != verified_label[reveal]
         rate = interval(int(exam_wrong.sum()), int(reveal.sum()))
         ranking_auroc = separation(exam_wrong, suspicion[reveal])
         measured = separation_interval(exam_wrong, suspicion[reveal], seed)
@@ -586,7 +586,7 @@ def score(
     outcome = None
     if reveal.any():
         outcome = Exam(given[reveal], np.asarray(verified_label)[reveal], is_suspect[reveal].copy(),
-                       suspicion[reveal].copy())
+                       suspicion[reveal].copy(), measured)
         verified = verified | reveal
         free = ~verified
         p_wrong[reveal] = 0.0

@@ -294,13 +294,15 @@ class Auto(MetaMethod):
                 combined = rank_mean(rank_by, heads.plain)
                 ranked_by += (" and a cross-fitted head (mean rank; the noise-corrected head "
                               "fitted the labels worse)")
-            # Where the audit has an exam, it may order by the corrected head instead (alone, or
-            # with the final views) if that ranks the exam's wrong labels better: under a
-            # class-level flip it does by far (docs/benchmarks.md, "The exam chooses the ranking").
-            alternatives = {"corrected head": heads.corrected,
-                            "final views and corrected head": rank_mean(rank_by, heads.corrected)}
-            # Every order on the first ranking's scale (a --threshold keeps its meaning).
-            rank_alternatives = {k: rank_posteriors(v, rank_by) for k, v in alternatives.items()}
+            # Where the audit has an exam that can rank, it may order by the corrected head
+            # instead (alone, or with the final views) if that ranks the exam's wrong labels
+            # better: under a class-level flip it does by far (docs/benchmarks.md, "The exam
+            # chooses the ranking"). Every order on the first ranking's scale (a --threshold
+            # keeps its meaning).
+            if ctx.exam_can_choose:
+                alternatives = {"corrected head": heads.corrected,
+                                "final views and corrected head": rank_mean(rank_by, heads.corrected)}
+                rank_alternatives = {k: rank_posteriors(v, rank_by) for k, v in alternatives.items()}
             rank_by = rank_posteriors(combined, rank_by)
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
                    "ranked_by": ranked_by, "transition_from": transition_from,
