@@ -90,6 +90,53 @@ def interval(k: int, n: int, population: int | None = None) -> dict[str, Any]:
             "high": round(hi, 4), "k": int(k), "n": int(n)}
 
 
+#: Most weight the prediction-powered rate gives the model's P(wrong) (:func:`noise_rate`): it
+#: may exceed 1 where the model's posteriors are flatter than its ranking (a network trained on
+#: plain cross-entropy leaves them so), but a few dozen exam rows estimate the weight noisily.
+MAX_MODEL_WEIGHT = 2.0
+PREDICTION_POWERED = "prediction-powered"
+
+
+def noise_rate(wrong: np.ndarray, p_exam: np.ndarray, p_rest: np.ndarray) -> dict[str, Any]:
+    """The noise rate of the rows the exam speaks for, with its 90% interval, as a summary entry.
+
+    ``wrong`` and ``p_exam`` are the exam rows' outcomes and the model's ``P(wrong)`` for them
+    (scored blind, like every other row); ``p_rest`` the model's ``P(wrong)`` for the rows the
+    estimate is about. Where the exam can rank (:func:`can_rank`), the rate is
+    *prediction-powered* (Angelopoulos et al., 2023, "Prediction-powered inference", with the
+    power tuning of their PPI++): the model's mean over the rows, corrected by its mean error on
+    the exam,
+
+        rate = λ · mean(p_rest) + mean(wrong − λ · p_exam),
+
+    unbiased for any fixed λ, whatever the model's calibration; λ = cov(wrong, p) / var(p) over
+    the exam (clipped to [0, :data:`MAX_MODEL_WEIGHT`]) makes its variance
+    ``var(wrong − λ p) (1/n + 1/N)`` smallest (the second term: the rows it is about are a finite
+    set disjoint from the exam). The interval is that normal one. Where the model ranks
+    well the residual is small and the interval far narrower than the exam's own (on MNIST
+    2,500, 0.07-0.13 wide against 0.18-0.22); where it does not, λ falls to 0 and this is the
+    exam's rate. Otherwise (too few wrong or right labels to tell how the model errs) it is the
+    exam's own proportion with its Wilson interval (:func:`interval`). docs/benchmarks.md,
+    "The prediction-powered noise rate".
+    """
+    wrong = np.asarray(wrong, dtype=bool)
+    p_exam = np.asarray(p_exam, dtype=np.float64)
+    p_rest = np.asarray(p_rest, dtype=np.float64)
+    n, k, size = len(wrong), int(wrong.sum()), len(p_rest)
+    if not can_rank(wrong) or not size:
+        return interval(k, n, size or None)
+    w = wrong.astype(np.float64)
+    var_p = float(p_exam.var(ddof=1))
+    weight = 0.0 if var_p < 1e-12 else float(np.cov(w, p_exam)[0, 1]) / var_p
+    weight = float(np.clip(weight, 0.0, MAX_MODEL_WEIGHT))
+    residual = w - weight * p_exam
+    rate = weight * float(p_rest.mean()) + float(residual.mean())
+    half = Z * math.sqrt(float(residual.var(ddof=1)) * (1 / n + 1 / size))
+    return {"estimate": round(float(np.clip(rate, 0.0, 1.0)), 4),
+            "low": round(max(0.0, rate - half), 4), "high": round(min(1.0, rate + half), 4),
+            "k": k, "n": n, "method": PREDICTION_POWERED, "model_weight": round(weight, 4)}
+
+
 def split_exam(verified_label: np.ndarray, eligible: np.ndarray, num_classes: int, seed: int,
                share: float = EXAM_SHARE) -> np.ndarray:
     """The exam rows: a random ``share`` of the ``eligible`` rows (verified dataset rows) of
@@ -135,6 +182,8 @@ class Exam:
     suspicion: np.ndarray
     #: :func:`separation_interval` of ``suspicion``, where the decision already measured it.
     auroc_interval: tuple[float, float, float] | None = None
+    #: :func:`noise_rate` as the decision planned with it (else the exam's own, by Wilson).
+    noise_rate: dict[str, Any] | None = None
 
     @property
     def wrong(self) -> np.ndarray:
@@ -274,7 +323,7 @@ def estimates(exam: Exam, population: int, flagged: int, suspicion_free: np.ndar
     """
     wrong = exam.wrong
     n, k = len(exam), int(wrong.sum())
-    rate = interval(k, n, population)
+    rate = exam.noise_rate or interval(k, n, population)
     out: dict[str, Any] = {
         "exam_rows": n, "exam_wrong": k, "level": LEVEL, "population": int(population),
         "noise_rate": rate,
@@ -284,7 +333,7 @@ def estimates(exam: Exam, population: int, flagged: int, suspicion_free: np.ndar
         "false_positive_rate": interval(int((exam.flagged & ~wrong).sum()), int((~wrong).sum())),
     }
     if k >= MIN_WRONG_FOR_RECALL:
-        out["recall"] = interval(int((exam.flagged & wrong).sum()), k, round(k / n * population))
+        out["recall"] = interval(int((exam.flagged & wrong).sum()), k, round(rate["estimate"] * population))
     else:
         out["recall"] = None
         out["recall_note"] = (f"only {k} wrong label(s) among the {n} exam rows: too few to "
@@ -366,10 +415,20 @@ def model_check(final_probs: np.ndarray, verified_label: np.ndarray, exam: np.nd
 
 
 def flag_count(exam_rate: dict[str, Any] | None, model_count: int, rows: int) -> tuple[int, str]:
-    """The number of rows to flag: the model's estimated count while the exam agrees with it,
-    else the exam's noise rate times ``rows`` (the model is demonstrably off)."""
+    """The number of wrong labels to plan the flag cut for, and where it came from.
+
+    The prediction-powered rate (:func:`noise_rate`) times ``rows`` where there is one: it is
+    unbiased and, wherever the model ranks at all, tighter than the exam alone (replayed over
+    18 kept benchmark audits, 100 exams each, it raised the mean F1 on 14, left it on 2 and
+    lowered it on 2, by 0.009 and 0.005: docs/benchmarks.md, "The prediction-powered noise
+    rate"). Otherwise the model's estimated count while the exam's own interval holds it, else
+    the exam's rate times ``rows`` (the model is demonstrably off).
+    """
     if exam_rate is None or exam_rate["estimate"] is None:
         return model_count, NO_EXAM_COUNT
+    if exam_rate.get("method") == PREDICTION_POWERED:
+        return (round(exam_rate["estimate"] * rows),
+                "exam-corrected model estimate (prediction-powered)")
     model_rate = model_count / rows if rows else 0.0
     if exam_rate["low"] <= model_rate <= exam_rate["high"]:
         return model_count, "model estimate (inside the exam's interval)"
@@ -389,7 +448,9 @@ def noise_rate_text(summary: dict) -> str:
     rate = (summary.get("estimates") or {}).get("noise_rate")
     if rate and rate["estimate"] is not None:
         model = summary["estimates"].get("model_noise_rate", summary["estimated_noise_rate"])
-        return f"{_iv(rate)} (exam; the model says {model:.1%})"
+        source = ("the model's, corrected by the exam" if rate.get("method") == PREDICTION_POWERED
+                  else "exam")
+        return f"{_iv(rate)} ({source}; the model alone says {model:.1%})"
     return f"{summary['estimated_noise_rate']:.1%} (model, no exam)"
 
 
@@ -402,7 +463,8 @@ def estimate_lines(summary: dict) -> list[str]:
     wrong = e["expected_wrong_labels"]
     lines = [
         f"exam: {e['exam_rows']} verified rows scored blind ({e['exam_wrong']} of them mislabelled); "
-        f"90% intervals: noise rate {_iv(rate)}, about {wrong['estimate']:,} wrong labels "
+        f"90% intervals: noise rate {_iv(rate)}"
+        f"{' (the model corrected by the exam)' if rate.get('method') == PREDICTION_POWERED else ''}, about {wrong['estimate']:,} wrong labels "
         f"[{wrong['low']:,}, {wrong['high']:,}] among {e['population']:,}",
         f"flagged set: precision {_iv(e['precision'])}, recall "
         f"{_iv(e['recall']) if e['recall'] else 'n/a (' + e['recall_note'] + ')'}, "

@@ -14,7 +14,7 @@ The rule (docs/methods.md, "Scoring"):
   (their raw scores live on different scales) and ``P(wrong)`` is the mean of those.
 * **Flagged** (``is_suspect``): most suspicious first, as many as give the highest expected F1
   (:func:`f1_optimal_count`) for the estimated number of wrong labels (the sum of ``P(wrong)``,
-  or the exam's count), planned with the posteriors of a ranking as good as the exam measured
+  or, with an exam, that sum corrected by the exam: :func:`labelclean.exam.noise_rate`), planned with the posteriors of a ranking as good as the exam measured
   (:func:`binormal_posteriors`) where the exam can measure it; ``flag_rule="count"`` flags
   exactly that number. (Flagging where
   ``P(wrong) >= 0.5`` flags far fewer than the estimate when the components overlap: 431 for
@@ -60,7 +60,7 @@ from labelclean.exam import (
     choose_ranking,
     estimates,
     flag_count,
-    interval,
+    noise_rate,
     separation,
     separation_interval,
 )
@@ -356,7 +356,7 @@ def decide(
     threshold: float | None = None,
     posterior: np.ndarray | None = None,
     strong: np.ndarray | None = None,
-    count: Callable[[int], tuple[int, str]] | None = None,
+    count: Callable[[np.ndarray, int], tuple[int, str]] | None = None,
     flag_rule: str = "f1",
     separation: float | None = None,
     relabel_separation: float | None = None,
@@ -368,8 +368,8 @@ def decide(
     ``P(label wrong)`` (from :func:`combine_members`); without it the mixture is fitted to
     ``suspicion``. ``strong`` (the members' vote) replaces the ``P(wrong) >= 0.9`` relabel rule, for rows
     whose ``posterior`` is at least :data:`VOTE_MIN_POSTERIOR`.
-    ``count`` maps the estimated count of wrong labels to the count of wrong labels to plan
-    for and its source (the exam's, :func:`labelclean.exam.flag_count`). ``flag_rule``:
+    ``count`` maps the posterior and the count of wrong labels it estimates to the count to
+    plan for and its source (the exam's, :func:`labelclean.exam.flag_count`). ``flag_rule``:
     ``count`` flags that many, ``f1`` the number with the highest expected F1
     (:func:`f1_optimal_count`, the posteriors scaled to sum to that count). ``separation``: the
     ranking's AUROC as the exam measured it (:func:`labelclean.exam.separation`); the F1 cut
@@ -396,7 +396,7 @@ def decide(
     expected = round(float(posterior.sum())) if len(posterior) else 0
     source = "estimated count"
     if count is not None:
-        expected, source = count(expected)
+        expected, source = count(posterior, expected)
     flagged = expected
     if flag_rule == "f1" and expected > 0 and separation is not None:
         in_order = binormal_posteriors(len(suspicion), expected / len(suspicion), separation)
@@ -557,15 +557,18 @@ def score(
     alt, share = alternative(belief, given)
     count = None
     ranking_auroc = relabel_auroc = measured = None
+    planned: dict[str, Any] = {}
     if reveal.any():
-        rate = interval(int(exam_wrong.sum()), int(reveal.sum()))
         ranking_auroc = separation(exam_wrong, suspicion[reveal])
         measured = separation_interval(exam_wrong, suspicion[reveal], seed)
         if measured is not None:  # relabel on what even the interval's low end supports
             relabel_auroc = float(np.clip(measured[1], *SEPARATION_BOUNDS))
 
-        def count(expected: int) -> tuple[int, str]:
-            return flag_count(rate, expected, int(free.sum()))
+        in_exam = reveal[free]
+
+        def count(p: np.ndarray, expected: int) -> tuple[int, str]:
+            planned["rate"] = noise_rate(exam_wrong, p[in_exam], p[~in_exam])
+            return flag_count(planned["rate"], expected, int(free.sum()))
 
     decision = decide(
         suspicion[free], share[free] >= ALTERNATIVE_SHARE, threshold,
@@ -586,7 +589,7 @@ def score(
     outcome = None
     if reveal.any():
         outcome = Exam(given[reveal], np.asarray(verified_label)[reveal], is_suspect[reveal].copy(),
-                       suspicion[reveal].copy(), measured)
+                       suspicion[reveal].copy(), measured, planned.get("rate"))
         verified = verified | reveal
         free = ~verified
         p_wrong[reveal] = 0.0

@@ -195,7 +195,8 @@ def test_relabelling_on_the_exam_takes_the_low_end_of_its_auroc_interval():
     assert low < estimate
     decided = n  # the exam rows are decided blind with the rest
     expected = round(wrong[:100].mean() * decided)  # the count follows the exam (the model's is 0)
-    assert scored.flag_count_source.startswith("exam noise rate")
+    # Flat members give no P(wrong) to correct: the prediction-powered rate is the exam's own.
+    assert scored.flag_count_source.startswith("exam-corrected model estimate")
     at_low = binormal_posteriors(decided, expected / decided, low) >= 0.9
     at_point = binormal_posteriors(decided, expected / decided, estimate) >= 0.9
     assert scored.relabel.sum() <= at_low.sum() < at_point.sum()
@@ -207,6 +208,61 @@ def test_the_flag_count_follows_the_exam_only_when_the_model_is_outside_its_inte
     count, source = flag_count(rate, 150, 1000)
     assert count == 300 and source.startswith("exam noise rate")
     assert flag_count(None, 150, 1000)[0] == 150
+
+
+def _population(rng: np.random.Generator, n: int, rate: float, scale: float):
+    """Wrong labels and a model P(wrong) that orders them well but sits at ``scale`` of the
+    level it should (``scale`` < 1: flat posteriors, as plain cross-entropy training leaves)."""
+    wrong = rng.random(n) < rate
+    p = np.clip(scale * np.where(wrong, rng.beta(6, 2, n), rng.beta(1, 8, n)), 0, 1)
+    return wrong, p
+
+
+def test_the_noise_rate_is_the_models_p_wrong_corrected_by_the_exam():
+    """Prediction-powered: unbiased where the model's level is off, and tighter than the exam."""
+    from labelclean.exam import PREDICTION_POWERED, noise_rate
+
+    rng = np.random.default_rng(0)
+    wrong, p = _population(rng, 3000, 0.4, 0.5)  # the model's mean says about 20%
+    hits, ppi_width, wilson_width, errors = 0, [], [], []
+    for _ in range(200):
+        exam = np.zeros(len(wrong), dtype=bool)
+        exam[rng.choice(len(wrong), 50, replace=False)] = True
+        truth = wrong[~exam].mean()
+        got = noise_rate(wrong[exam], p[exam], p[~exam])
+        assert got["method"] == PREDICTION_POWERED and got["model_weight"] > 1
+        hits += got["low"] <= truth <= got["high"]
+        errors.append(got["estimate"] - truth)
+        ppi_width.append(got["high"] - got["low"])
+        own = interval(int(wrong[exam].sum()), 50, int((~exam).sum()))
+        wilson_width.append(own["high"] - own["low"])
+    assert p.mean() < 0.25 and abs(np.mean(errors)) < 0.01  # the model's bias is gone
+    assert hits / 200 >= 0.85  # a 90% interval, give or take the draw
+    assert np.median(ppi_width) < 0.7 * np.median(wilson_width)
+
+
+def test_the_noise_rate_is_the_exams_own_where_the_model_tells_nothing_or_it_cannot_rank():
+    from labelclean.exam import noise_rate
+
+    rng = np.random.default_rng(1)
+    wrong = np.arange(60) % 3 == 0
+    useless = noise_rate(wrong, np.full(60, 0.1), rng.uniform(0, 1, 500))
+    assert useless["model_weight"] == 0 and useless["estimate"] == pytest.approx(wrong.mean(), abs=1e-4)
+    # Three wrong labels cannot say how the model errs: the exam's proportion, by Wilson.
+    few = np.zeros(60, dtype=bool)
+    few[:3] = True
+    assert noise_rate(few, rng.uniform(0, 1, 60), rng.uniform(0, 1, 500)) == interval(3, 60, 500)
+
+
+def test_the_flag_count_is_the_prediction_powered_rate_where_there_is_one():
+    from labelclean.exam import noise_rate
+
+    wrong, p = _population(np.random.default_rng(2), 1100, 0.4, 0.5)
+    rate = noise_rate(wrong[:100], p[:100], p[100:])
+    model = round(p.sum())
+    count, source = flag_count(rate, model, 1100)  # whatever the model says, the corrected count
+    assert count == round(rate["estimate"] * 1100) != model
+    assert source == "exam-corrected model estimate (prediction-powered)"
 
 
 def test_top_n_is_not_claimed_without_wrong_labels_in_the_exam():

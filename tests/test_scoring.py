@@ -84,7 +84,7 @@ def test_the_exam_relabels_where_it_measured_a_ranking_good_enough_and_the_vote_
     confident = np.ones(n, dtype=bool)
     confident[1] = False  # no clear alternative: reviewed, never relabelled
 
-    def count(expected):
+    def count(p, expected):
         return 300, "exam"
 
     no = np.zeros(n, dtype=bool)
@@ -234,8 +234,8 @@ def test_f1_cut_plans_for_the_exams_count():
     """With an exam that sets the count, the posteriors are scaled to it before the cut."""
     p = np.r_[np.full(50, 0.9), np.full(950, 0.05)]  # the model expects about 92
     s = np.linspace(1, 0, 1000)
-    low = decide(s, np.ones(1000, bool), posterior=p, count=lambda e: (e, "model"))
-    high = decide(s, np.ones(1000, bool), posterior=p, count=lambda e: (300, "exam"))
+    low = decide(s, np.ones(1000, bool), posterior=p, count=lambda p, e: (e, "model"))
+    high = decide(s, np.ones(1000, bool), posterior=p, count=lambda p, e: (300, "exam"))
     assert high.is_suspect.sum() > low.is_suspect.sum()
 
 
@@ -266,8 +266,8 @@ def test_the_exams_auroc_flags_what_a_ranking_that_good_should():
     s = 1 / (1 + np.exp(-(rng.normal(0, 1, n) + d * wrong)))
     a = auroc(s, wrong)
     sharp = rank_posteriors(s, binormal_posteriors(n, 0.4, 0.85))  # what the members claim
-    plain = decide(s, np.ones(n, bool), posterior=sharp, count=lambda e: (round(0.4 * n), "exam"))
-    measured = decide(s, np.ones(n, bool), posterior=sharp, count=lambda e: (round(0.4 * n), "exam"),
+    plain = decide(s, np.ones(n, bool), posterior=sharp, count=lambda p, e: (round(0.4 * n), "exam"))
+    measured = decide(s, np.ones(n, bool), posterior=sharp, count=lambda p, e: (round(0.4 * n), "exam"),
                       separation=a)
     f1 = [precision_recall_f1(x.is_suspect, wrong)["f1"] for x in (plain, measured)]
     assert measured.is_suspect.sum() > plain.is_suspect.sum() * 1.3
