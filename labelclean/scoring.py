@@ -469,13 +469,34 @@ class Scored:
     ranking_choice: RankingChoice | None = None  # the exam's choice among the rankings
     exam_relabels: int = 0  # relabels the exam's posterior allowed where the vote did not
 
+    def noise_rate(self, free: np.ndarray) -> tuple[float, float, float]:
+        """The audit's estimated noise rate over the unverified rows ``free``, and how it maps
+        the model's per-class rates onto it: ``(rate, weight, shift)``, a class's rate being
+        ``weight · mean P(wrong) + shift``.
+
+        Without an exam: the model's mean ``P(wrong)`` (weight 1, shift 0). With one: the rate
+        the flag cut planned with (:func:`labelclean.exam.flag_count`), the prediction-powered
+        one where the exam can rank; its correction, ``mean(wrong − λ p)`` over the exam, is
+        the same for every class (the exam is too small to correct each class on its own).
+        """
+        model = float(self.p_wrong[free].mean()) if free.any() else 0.0
+        planned = None if self.exam is None else self.exam.noise_rate
+        if planned is None or planned["estimate"] is None or not free.any():
+            return model, 1.0, 0.0
+        rows = int(free.sum())
+        count, _ = flag_count(planned, round(model * rows), rows)
+        weight = float(planned.get("model_weight", 1.0))
+        return count / rows, weight, count / rows - weight * model
+
     def summary(self, given: np.ndarray, verified_label: np.ndarray, verified: np.ndarray,
                 classes: list[str]) -> dict[str, Any]:
         free = ~verified
+        rate, weight, shift = self.noise_rate(free)
         per_class = {}
         for k, name in enumerate(classes):
             mask = free & (given == k)
-            per_class[name] = round(float(self.p_wrong[mask].mean()), 4) if mask.any() else 0.0
+            per_class[name] = (round(float(np.clip(weight * self.p_wrong[mask].mean() + shift, 0, 1)), 4)
+                               if mask.any() else 0.0)
         out: dict[str, Any] = {
             "flagged": int(self.is_suspect.sum()),
             "relabel": int(self.relabel.sum()),
@@ -485,8 +506,8 @@ class Scored:
             "threshold": round(self.decision.threshold, 6),
             "relabel_threshold": round(self.decision.relabel_threshold, 6),
             "threshold_method": self.decision.threshold_method,
-            "estimated_errors": round(float(self.p_wrong[free].sum())),
-            "estimated_noise_rate": round(float(self.p_wrong[free].mean()), 4) if free.any() else 0.0,
+            "estimated_errors": round(rate * int(free.sum())),
+            "estimated_noise_rate": round(rate, 4),
             "estimated_noise_rate_per_class": per_class,
         }
         if self.member_estimated_errors:

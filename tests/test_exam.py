@@ -254,6 +254,41 @@ def test_the_noise_rate_is_the_exams_own_where_the_model_tells_nothing_or_it_can
     assert noise_rate(few, rng.uniform(0, 1, 60), rng.uniform(0, 1, 500)) == interval(3, 60, 500)
 
 
+def test_the_audits_noise_rate_is_the_prediction_powered_one_overall_and_per_class():
+    """Flat members (plain training) put the model's rate far below the truth; the summary's
+    estimate, its count and its per-class rates follow the exam-corrected one."""
+    rng = np.random.default_rng(4)
+    n, c = 2000, 4
+    truth = rng.integers(0, c, n)
+    wrong = rng.random(n) < 0.35
+    given = np.where(wrong, (truth + 1) % c, truth)
+    ranked = np.clip(np.where(wrong, rng.beta(6, 2, n), rng.beta(1, 6, n)), 1e-3, 1 - 1e-3)
+    belief = np.full((n, c), 0.1)
+    belief[np.arange(n), truth] = 0.7
+    members = {"a": 0.5 * ranked, "b": 0.4 * ranked}  # ordered well, their counts low
+    verified = np.zeros(n, dtype=bool)
+    verified[:120] = True
+    labels = np.where(verified, truth, given)
+    scored = score(Evidence(ranked, belief, members=members, rank_by=ranked), given, verified,
+                   labels, exam=verified, seed=0)
+    summary = scored.summary(given, labels, verified, list("abcd"))
+    rate = summary["estimates"]["noise_rate"]
+    free = ~verified
+    true_rate = wrong[free].mean()
+    assert rate["method"] == "prediction-powered" and rate["low"] <= true_rate <= rate["high"]
+    model = float(scored.p_wrong[free].mean())
+    assert abs(summary["estimated_noise_rate"] - true_rate) < abs(model - true_rate) / 2
+    assert summary["estimated_noise_rate"] == pytest.approx(rate["estimate"], abs=1e-3)
+    assert summary["estimated_errors"] == round(summary["estimated_noise_rate"] * free.sum())
+    sizes = np.bincount(given[free], minlength=c)
+    per_class = np.array(list(summary["estimated_noise_rate_per_class"].values()))
+    assert (per_class * sizes).sum() / sizes.sum() == pytest.approx(summary["estimated_noise_rate"], abs=2e-3)
+    # Without an exam, the model's own estimate, unchanged.
+    blind = score(Evidence(ranked, belief, members=members, rank_by=ranked), given, verified, labels)
+    plain = blind.summary(given, labels, verified, list("abcd"))
+    assert plain["estimated_noise_rate"] == pytest.approx(blind.p_wrong[free].mean(), abs=1e-4)
+
+
 def test_the_flag_count_is_the_prediction_powered_rate_where_there_is_one():
     from labelclean.exam import noise_rate
 
