@@ -99,8 +99,8 @@ def render(raw: dict) -> str:
         lines.append(
             f"| {r['run']} | {r['setting']} | {r['wrong'] / r['rows']:.1%} | "
             f"{r['model_err']:.3f} ({r['model_bias']:+.3f}) / {r['old_err']:.3f} ({r['old_bias']:+.3f}) / "
-            f"**{r['new_err']:.3f}** ({r['new_bias']:+.3f}) | {r['model_f1']:.3f} / {r['old_f1']:.3f} / "
-            f"**{r['new_f1']:.3f}** | {r['wilson_in']:.2f} / {r['wilson_w']:.3f} | "
+            f"{r['new_err']:.3f} ({r['new_bias']:+.3f}) | {r['model_f1']:.3f} / {r['old_f1']:.3f} / "
+            f"{r['new_f1']:.3f} | {r['wilson_in']:.2f} / {r['wilson_w']:.3f} | "
             f"{r['ppi_in']:.2f} / {r['ppi_w']:.3f} |")
     return "\n".join(lines)
 
