@@ -27,6 +27,7 @@ from labelclean.errors import ConfigError, DataError
 from labelclean.exam import (
     MIN_EXAM,
     MIN_REFERENCE_PER_CLASS,
+    PREDICTION_POWERED,
     can_rank,
     model_check,
     representativeness,
@@ -483,7 +484,9 @@ def _gates(config: RunConfig, summary: dict[str, Any]) -> list[str]:
     if config.fail_if_noise_above is not None:
         rate = estimates.get("noise_rate")
         if rate is not None:
-            low, what = rate["low"], f"the exam's 90% lower bound {rate['low']:.1%}"
+            source = ("the model's estimate corrected by the exam" if rate.get("method") == PREDICTION_POWERED
+                      else "the exam's estimate")
+            low, what = rate["low"], f"the 90% lower bound of {source}, {rate['low']:.1%}"
         else:
             low, what = summary["estimated_noise_rate"], (
                 f"the model's estimate {summary['estimated_noise_rate']:.1%} (no exam)")

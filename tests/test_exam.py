@@ -19,6 +19,7 @@ from labelclean.exam import (
     estimates,
     flag_count,
     interval,
+    noise_rate_text,
     representativeness,
     separation,
     split_exam,
@@ -284,8 +285,12 @@ def test_the_audits_noise_rate_is_the_prediction_powered_one_overall_and_per_cla
     per_class = np.array(list(summary["estimated_noise_rate_per_class"].values()))
     assert (per_class * sizes).sum() / sizes.sum() == pytest.approx(summary["estimated_noise_rate"], abs=2e-3)
     # Without an exam, the model's own estimate, unchanged.
+    # The terminal summary and report.html say where the rate came from.
+    assert "the model's, corrected by the exam" in noise_rate_text(summary)
+    assert "(the model corrected by the exam)" in estimate_lines(summary)[0]
     blind = score(Evidence(ranked, belief, members=members, rank_by=ranked), given, verified, labels)
     plain = blind.summary(given, labels, verified, list("abcd"))
+    assert noise_rate_text(plain).endswith("(model, no exam)")
     assert plain["estimated_noise_rate"] == pytest.approx(blind.p_wrong[free].mean(), abs=1e-4)
 
 
@@ -396,6 +401,7 @@ def test_gates_exit_3_after_writing_the_run(tmp_path, cli):
     code, _, err = cli(*args, "--overwrite", "--fail-if-noise-above", "0")
     low = json.loads((tmp_path / "r" / "summary.json").read_text())["estimates"]["noise_rate"]["low"]
     assert (code == 3) == (low > 0) and ("noise rate above 0.0%" in err) == (low > 0)
+    assert ("the 90% lower bound of the" in err) == (low > 0)  # and which estimate it was
     code, _, err = cli(*args, "--overwrite", "--fail-if-noise-above", "1", "--fail-if-flagged-above", "100000")
     assert code == 0, err
     code, _, _ = cli(*args, "--overwrite", "--fail-if-noise-above", "1.5")
