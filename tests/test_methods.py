@@ -309,6 +309,36 @@ def test_auto_train_on_ce_steps_the_network_on_plain_cross_entropy_while_the_mem
     assert not torch.equal(m.members["mslg"].table, table)
 
 
+def test_auto_bystander_members_step_on_every_second_batch_and_only_then_need_a_second_view():
+    """``train_on=ce``: the members run their meta steps (and the loop draws the second view)
+    on every ``bystander_every``-th batch of the run; the network steps on plain CE on every
+    batch. Where members train the network they step on every batch, whatever the option."""
+    def pattern(steps=4, **options):
+        m, ctx, batch = _context("auto", **options)
+        calls, views = [], []
+        member = m.members["mslg"]
+        member.step_loss = lambda *a, _real=member.step_loss: calls.append(ctx.step) or _real(*a)
+        for _ in range(steps):
+            views.append(m.wants_second_view())
+            with torch.no_grad():
+                expected = torch.nn.functional.cross_entropy(ctx.model(batch.x), batch.y)
+            loss = _step(m, ctx, batch)
+            if not m.trained:
+                assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+            ctx.step += 1
+        return calls, views
+
+    assert pattern(train_on="ce") == ([0, 2], [True, False, True, False])
+    assert pattern(train_on="ce", bystander_every=3, steps=6) == ([0, 3], [True, False, False] * 2)
+    assert pattern(train_on="ce", bystander_every=1) == ([0, 1, 2, 3], [True] * 4)
+    assert pattern(train_on="mlc,mlnt") == ([0, 1, 2, 3], [True] * 4)
+    m, ctx, _batch = _context("auto", train_on="ce")
+    ctx.epoch = 0  # the CE warm-up: IEG's pseudo labels come from the one view
+    assert not m.wants_second_view()
+    with pytest.raises(UsageError, match="bystander_every: expected >= 1, found 0"):
+        _context("auto", bystander_every=0)
+
+
 def test_auto_trains_on_plain_cross_entropy_by_default_only_where_an_exam_can_choose_the_ranking():
     """``train_on=auto`` (the default): ``ce`` where the exam can choose among the heads' orders
     afterwards, every member's loss otherwise (and with a ranking the exam has no heads for)."""

@@ -14,7 +14,7 @@ from torch import Tensor
 from labelclean.errors import UsageError
 from labelclean.methods.base import METHODS, Batch, Dynamics, TrainContext, given_suspicion
 from labelclean.methods.meta import MetaMethod, MetaOptions, Shared
-from labelclean.methods.options import split_nested
+from labelclean.methods.options import check, split_nested
 from labelclean.methods.probe import MIN_ROWS, head_suspicions, rank_mean
 from labelclean.scoring import Evidence, rank_posteriors
 
@@ -38,8 +38,8 @@ class AutoOptions(MetaOptions):
     themselves); ``late`` (the late-phase training belief) or ``members`` (the mean of the
     members' posteriors). ``train_on``: the members whose losses train the network
     (comma-separated, ``all``, or ``ce``: plain cross-entropy on the given labels, every member
-    a bystander); the others still run their meta steps every batch and keep their evidence,
-    but the network does not step on their losses. ``auto`` (the default): ``ce`` where the
+    a bystander); the others still run their meta steps and keep their evidence, but the
+    network does not step on their losses. ``auto`` (the default): ``ce`` where the
     audit has an exam that can choose the ranking (``TrainContext.exam_can_choose``, with
     ``rank=final+probe``), ``all`` otherwise. Plain cross-entropy gives the network a better
     view of the images under instance-dependent noise, and lets it learn a class-level flip;
@@ -54,13 +54,25 @@ class AutoOptions(MetaOptions):
     ``reference_every`` (2 here, 1 in the single methods and the papers): each reference batch
     and its features serve two consecutive steps, which saves half the reference forwards
     (about 4% of the run); on eleven CIFAR-10 audits every ranking moved by at most 0.005
-    AUROC (docs/benchmarks.md, "Reference batches every second step")."""
+    AUROC (docs/benchmarks.md, "Reference batches every second step").
+    ``bystander_every`` (2): where no member's loss trains the network (``train_on`` resolved
+    to ``ce``), the members run their meta steps, and the second view is drawn, on every this
+    many-th batch only (counted over the run); the network steps on plain cross-entropy on
+    every batch either way. Their evidence then sets only the level of the ranking's posteriors
+    (which the exam's prediction-powered rate corrects) and their relabel votes; the saving is
+    about a third of what the members add to one plain run (docs/benchmarks.md, "Bystander
+    members every second batch"). 1: every batch. Ignored where members train the network."""
 
     reference_every: int = 2
     members: str = "all"
     second_view: Literal["teacher", "student"] = "teacher"
     rank: Literal["final+probe", "final", "late", "members"] = "final+probe"
     train_on: str = "auto"
+    bystander_every: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.bystander_every >= 1, f"bystander_every: expected >= 1, found {self.bystander_every}")
 
     def selected(self) -> list[str]:
         return _names(self.members)
@@ -197,11 +209,24 @@ class Auto(MetaMethod):
         with torch.no_grad():
             return self.context.model(batch.x2), None
 
+    def members_step(self) -> bool:
+        """Whether the members run their meta steps on the current batch (after the warm-up):
+        on every batch where their losses train the network, on every ``bystander_every``-th
+        where none does. Counted by the run's step, so a resumed run keeps the same batches."""
+        if self.trained:
+            return True
+        return self.context.step % int(self.options.bystander_every) == 0
+
+    def wants_second_view(self) -> bool:
+        return not self.plain_step and "second_view" in self.needs and self.members_step()
+
     def training_step(self, batch: Batch) -> Tensor:
         h, z = self.forward(batch)
         if self.plain_step:
             for m in self.members.values():
                 m.observe_warmup(batch, z, z)  # one view during the CE warm-up
+            return F.cross_entropy(z, batch.y)
+        if not self.members_step():  # bystanders only, resting this batch
             return F.cross_entropy(z, batch.y)
         shared = self.shared_inputs(batch) if "reference" in self.needs else Shared()
         if "second_view" in self.needs:

@@ -233,6 +233,11 @@ class Method:
     def training_step(self, batch: Batch) -> torch.Tensor:
         raise NotImplementedError
 
+    def wants_second_view(self) -> bool:
+        """Whether the next batch needs its second augmented view (``Batch.x2``), asked by the
+        loop before each step; by default on every step of a method with ``num_views = 2``."""
+        return self.num_views > 1
+
     def after_step(self, batch: Batch) -> None:
         pass
 

@@ -247,7 +247,7 @@ def train(
                 batch = Batch(
                     index=rows, x=load(rows, True), y=ctx.labels[rows.to(device)],
                     verified=ctx.verified[rows.to(device)],
-                    x2=load(rows, True) if method.num_views > 1 else None,
+                    x2=load(rows, True) if method.wants_second_view() else None,
                 )
                 for group in optimizer.param_groups:
                     group["lr"] = learning_rate(config.lr, min(ctx.step, total), total, warmup)
