@@ -384,11 +384,13 @@ def test_audit_reports_estimates_and_marks_the_exam(tmp_path):
     assert set(choice["exam_auroc"]) == {"default", "corrected head", "final views and corrected head"}
     assert e["ranking_auroc"]["estimate"] == pytest.approx(choice["exam_auroc"][choice["chosen"]], abs=1e-4)
     assert s["method_summary"]["trained_on"] == "ce"  # train_on=auto: the exam can choose
+    assert s["method_summary"]["members_step_every"] == 2  # bystanders: every second batch
     # No trusted set: still works, and says the estimates have no exam behind them.
     bare = audit(RunConfig(dataset=str(tiny.csv), out=str(tmp_path / "bare"), backbone="test_tiny",
                            epochs=2, batch_size=16, image_size=12, report=False))
     assert bare.summary["estimates"]["exam_rows"] == 0 and "no exam" in bare.summary["estimates"]["note"]
     assert sorted(bare.summary["method_summary"]["trained_on"]) == ["ieg", "mlc", "mlnt", "mslg"]
+    assert bare.summary["method_summary"]["members_step_every"] == 1
 
 
 def test_gates_exit_3_after_writing_the_run(tmp_path, cli):

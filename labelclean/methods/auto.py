@@ -332,7 +332,9 @@ class Auto(MetaMethod):
             rank_by = rank_posteriors(combined, rank_by)
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
                    "ranked_by": ranked_by, "transition_from": transition_from,
-                   "trained_on": self.trained or "ce", **timing}
+                   "trained_on": self.trained or "ce",
+                   "members_step_every": 1 if self.trained else int(self.options.bystander_every),
+                   **timing}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,
                         rank_by=rank_by, rank_alternatives=rank_alternatives)
 
