@@ -40,9 +40,14 @@ def test_method_ranks_injected_flips_above_clean_samples(tiny, tmp_path, method)
     assert s["suspicion"].between(0, 1).all()
 
 
-@pytest.mark.parametrize("method", NAMES)
+@pytest.mark.parametrize("method", [*NAMES, "auto:bystanders"])
 def test_method_resumes_to_the_same_state(tiny, tmp_path, monkeypatch, method):
+    """``auto:bystanders``: the members step on every second batch (``train_on=ce``), counted
+    by the run's step, so the resumed run skips the same batches."""
+    method, _, variant = method.partition(":")
     opts = {} if method == "ce" else {"warmup": 0.34}
+    if variant:
+        opts["train_on"] = "ce"
     cfg = {"epochs": 3, "method_options": opts}
     full = audit(_config(tiny, tmp_path, method, out="full", **cfg)).scores
     cls = METHODS.get(method)
