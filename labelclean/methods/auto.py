@@ -210,13 +210,16 @@ class Auto(MetaMethod):
         with torch.no_grad():
             return self.context.model(batch.x2), None
 
+    @property
+    def members_step_every(self) -> int:
+        """The members run their meta steps on every this many-th batch (after the warm-up):
+        1 where their losses train the network, ``bystander_every`` where none does."""
+        return 1 if self.trained else int(self.options.bystander_every)
+
     def members_step(self) -> bool:
-        """Whether the members run their meta steps on the current batch (after the warm-up):
-        on every batch where their losses train the network, on every ``bystander_every``-th
-        where none does. Counted by the run's step, so a resumed run keeps the same batches."""
-        if self.trained:
-            return True
-        return self.context.step % int(self.options.bystander_every) == 0
+        """Whether the members step on the current batch; counted by the run's step, so a
+        resumed run keeps the same batches."""
+        return self.context.step % self.members_step_every == 0
 
     def wants_second_view(self) -> bool:
         return not self.plain_step and "second_view" in self.needs and self.members_step()
@@ -333,7 +336,7 @@ class Auto(MetaMethod):
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
                    "ranked_by": ranked_by, "transition_from": transition_from,
                    "trained_on": self.trained or "ce",
-                   "members_step_every": 1 if self.trained else int(self.options.bystander_every),
+                   "members_step_every": self.members_step_every,
                    **timing}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,
                         rank_by=rank_by, rank_alternatives=rank_alternatives)
