@@ -31,6 +31,7 @@ from labelclean.exam import (
     can_rank,
     model_check,
     representativeness,
+    says_light,
     split_exam,
 )
 from labelclean.io import write_json, write_table
@@ -294,6 +295,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
     # Exam rows train blind: with their given label, outside the reference set.
     reference = verified & ~exam
     targets = np.where(exam, given, samples.targets)
+    exam_wrong = given[exam] != samples.targets[exam]
     if probs is not None:
         result = None
         evidence = probs_evidence(probs, targets)
@@ -303,7 +305,7 @@ def _run(config: RunConfig, samples: Samples, method: Method, run_dir: Path, rep
             result = train(
                 config, inputs, torch.from_numpy(targets), torch.from_numpy(reference),
                 samples.sample_ids, len(samples.classes), method, run_dir, reporter,
-                exam_can_choose=can_rank(given[exam] != samples.targets[exam]),
+                exam_can_choose=can_rank(exam_wrong), exam_light=says_light(exam_wrong),
             )
         evidence, final_probs = result.evidence, result.final_probs
     notes.extend(evidence.summary.get("notes", []))

@@ -21,6 +21,7 @@ from labelclean.exam import (
     interval,
     noise_rate_text,
     representativeness,
+    says_light,
     separation,
     split_exam,
     wilson,
@@ -342,6 +343,18 @@ def test_the_exam_measures_the_rankings_auroc_with_an_interval():
     assert few["ranking_auroc"] is None
 
 
+def test_the_exam_says_light_only_where_it_cannot_rank_and_its_interval_stays_low():
+    def exam(wrong, rows):
+        return np.arange(rows) < wrong
+
+    assert says_light(exam(4, 49))  # 8%, at most 17% by Wilson's 90% interval
+    assert says_light(exam(0, MIN_EXAM))
+    assert not says_light(exam(4, 20))  # as few wrong, but a small exam: up to 37%
+    assert not says_light(exam(5, 49))  # enough wrong labels to rank: the exam chooses
+    assert not says_light(exam(0, MIN_EXAM - 1))  # no exam
+    assert not says_light(exam(45, 49))  # too few right labels to rank: heavy noise
+
+
 def test_representativeness_warns_on_a_skewed_verified_set():
     given = np.repeat(np.arange(2), 500)
     verified = np.zeros(1000, dtype=bool)
@@ -391,6 +404,17 @@ def test_audit_reports_estimates_and_marks_the_exam(tmp_path):
     assert bare.summary["estimates"]["exam_rows"] == 0 and "no exam" in bare.summary["estimates"]["note"]
     assert sorted(bare.summary["method_summary"]["trained_on"]) == ["ieg", "mlc", "mlnt", "mslg"]
     assert bare.summary["method_summary"]["members_step_every"] == 1
+
+
+def test_an_exam_that_says_the_noise_is_light_trains_the_network_on_plain_cross_entropy(tmp_path):
+    tiny, trusted = _big_tiny(tmp_path, flips=2)
+    result = audit(RunConfig(dataset=str(tiny.csv), trusted=str(trusted), out=str(tmp_path / "r"),
+                             backbone="test_tiny", epochs=2, batch_size=16, image_size=12,
+                             report=False))
+    s = result.summary
+    assert s["estimates"]["exam_wrong"] < 5 and "ranking_choice" not in s  # cannot rank
+    assert s["method_summary"]["trained_on"] == "ce"
+    assert s["method_summary"]["trained_on_because"] == "the exam cannot rank, and says the noise is light"
 
 
 def test_gates_exit_3_after_writing_the_run(tmp_path, cli):

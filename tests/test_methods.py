@@ -109,7 +109,7 @@ def test_without_trusted_set_meta_methods_pick_and_announce_a_reference(tiny, tm
 
 # -- unit level: a hand-built context ----------------------------------------------------
 
-def _context(method, scope="head", n=24, c=3, exam_can_choose=False, **options):
+def _context(method, scope="head", n=24, c=3, exam_can_choose=False, exam_light=False, **options):
     torch.manual_seed(0)
     model = build_backbone("test_tiny", c)
     pixels = torch.rand(n, 3, 8, 8)
@@ -122,7 +122,7 @@ def _context(method, scope="head", n=24, c=3, exam_can_choose=False, **options):
                        batch_size=8, generator=torch.Generator().manual_seed(0),
                        device=torch.device("cpu"), config=config,
                        load=lambda rows, aug: pixels[rows], notice=lambda m: None,
-                       exam_can_choose=exam_can_choose)
+                       exam_can_choose=exam_can_choose, exam_light=exam_light)
     m = METHODS.get(method).build({"warmup": 0.5, **options})
     m.setup(ctx)
     ctx.optimizer = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -344,9 +344,10 @@ def test_auto_bystander_members_step_on_every_second_batch_and_only_then_need_a_
         _context("auto", bystander_every=0)
 
 
-def test_auto_trains_on_plain_cross_entropy_by_default_only_where_an_exam_can_choose_the_ranking():
+def test_auto_trains_on_plain_cross_entropy_by_default_only_where_an_exam_can_choose_or_says_light():
     """``train_on=auto`` (the default): ``ce`` where the exam can choose among the heads' orders
-    afterwards, every member's loss otherwise (and with a ranking the exam has no heads for)."""
+    afterwards or says the noise is light, every member's loss otherwise (and with a ranking the
+    exam has no heads for)."""
     everyone = ["ieg", "mlc", "mlnt", "mslg"]
     m, ctx, batch = _context("auto", exam_can_choose=True)
     assert m.trained == []
@@ -359,6 +360,14 @@ def test_auto_trains_on_plain_cross_entropy_by_default_only_where_an_exam_can_ch
     assert sorted(_context("auto", exam_can_choose=True, rank="final")[0].trained) == everyone
     assert sorted(_context("auto", exam_can_choose=True, train_on="all")[0].trained) == everyone
     assert _context("auto", train_on="ce")[0].trained == []
+    # An exam that cannot rank but says the noise is light: plain cross-entropy too.
+    light = _context("auto", exam_light=True)[0]
+    assert light.trained == [] and light.members_step_every == 2
+    assert light.trained_because == "the exam cannot rank, and says the noise is light"
+    assert sorted(_context("auto", exam_light=True, rank="final")[0].trained) == everyone
+    assert sorted(_context("auto", exam_light=True, train_on="mlc")[0].trained) == ["mlc"]
+    assert m.trained_because == "the exam can choose the ranking"
+    assert _context("auto")[0].trained_because == "no exam that can choose the ranking"
 
 
 def test_auto_refuses_an_unknown_second_view():

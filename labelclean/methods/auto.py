@@ -39,13 +39,18 @@ class AutoOptions(MetaOptions):
     members' posteriors). ``train_on``: the members whose losses train the network
     (comma-separated, ``all``, or ``ce``: plain cross-entropy on the given labels, every member
     a bystander); the others still run their meta steps and keep their evidence, but the
-    network does not step on their losses. ``auto`` (the default): ``ce`` where the
-    audit has an exam that can choose the ranking (``TrainContext.exam_can_choose``, with
-    ``rank=final+probe``), ``all`` otherwise. Plain cross-entropy gives the network a better
-    view of the images under instance-dependent noise, and lets it learn a class-level flip;
-    the members' losses keep the flip out of the network, but the corrected head finds it
-    either way, and the exam then orders by that head. Without an exam nothing would choose
-    it, so the members train the network (docs/benchmarks.md, "The exam chooses the ranking").
+    network does not step on their losses. ``auto`` (the default), with ``rank=final+probe``:
+    ``ce`` where the audit has an exam that can choose the ranking
+    (``TrainContext.exam_can_choose``) or one that cannot but says the noise is light
+    (``TrainContext.exam_light``, :func:`labelclean.exam.says_light`); ``all`` otherwise.
+    Plain cross-entropy gives the network a better view of the images under
+    instance-dependent noise, and lets it learn a class-level flip; the members' losses keep
+    the flip out of the network, but the corrected head finds it either way, and the exam then
+    orders by that head. Without an exam nothing would choose it, so the members train the
+    network (docs/benchmarks.md, "The exam chooses the ranking"), unless the exam says the
+    noise is light: at 10% the network barely learns a flip (CIFAR-10 flip-to-one lost 0.004
+    AUROC), and human-like and instance noise ranked better (docs/benchmarks.md, "Light
+    noise: plain training").
     Measured, not the default:
     training on MLC and MLNT only raised the final-view AUROC on CIFAR-10 human 20% (0.660 ->
     0.682 on one draw, 0.700 -> 0.703 on another) and lowered it on flip-to-one (0.739 ->
@@ -78,17 +83,18 @@ class AutoOptions(MetaOptions):
     def selected(self) -> list[str]:
         return _names(self.members)
 
-    def resolved_train_on(self, exam_can_choose: bool) -> str:
+    def resolved_train_on(self, exam_can_choose: bool, exam_light: bool = False) -> str:
         """``train_on`` with ``auto`` resolved: ``ce`` where an exam can choose the ranking
-        among the heads' orders, ``all`` otherwise."""
+        among the heads' orders or says the noise is light, ``all`` otherwise."""
         text = self.train_on.strip()
         if text == "auto":
-            return "ce" if exam_can_choose and self.rank == "final+probe" else "all"
+            return "ce" if (exam_can_choose or exam_light) and self.rank == "final+probe" else "all"
         return text
 
-    def trained_on(self, members: list[str], exam_can_choose: bool = False) -> list[str]:
+    def trained_on(self, members: list[str], exam_can_choose: bool = False,
+                   exam_light: bool = False) -> list[str]:
         """The members whose losses train the network; empty for plain cross-entropy."""
-        text = self.resolved_train_on(exam_can_choose)
+        text = self.resolved_train_on(exam_can_choose, exam_light)
         if text == "ce":
             return []
         return members if text == "all" else _names(text)
@@ -145,6 +151,7 @@ class Auto(MetaMethod):
         self.members: dict[str, MetaMethod] = members
         #: The members whose losses train the network (``train_on`` resolved in :meth:`setup`).
         self.trained: list[str] = []
+        self.trained_because = ""
 
     def _member_names(self) -> list[str]:
         known = member_names()
@@ -183,7 +190,20 @@ class Auto(MetaMethod):
             m.setup(ctx, dynamics=self.dynamics)  # one forward, one record
             m.warmup_epochs = self.warmup_epochs
         self._sync_reference()
-        self.trained = self.options.trained_on(list(self.members), ctx.exam_can_choose)
+        self.trained = self.options.trained_on(list(self.members), ctx.exam_can_choose, ctx.exam_light)
+        self.trained_because = self._trained_because(ctx)
+
+    def _trained_because(self, ctx: TrainContext) -> str:
+        """Why the network trains on what it does (the summary's ``trained_on_because``)."""
+        if self.options.train_on.strip() != "auto":
+            return "--option train_on"
+        if self.options.rank != "final+probe":
+            return f"rank={self.options.rank}: no heads for an exam to choose"
+        if ctx.exam_can_choose:
+            return "the exam can choose the ranking"
+        if ctx.exam_light:
+            return "the exam cannot rank, and says the noise is light"
+        return "no exam that can choose the ranking"
 
     def _sync_reference(self) -> None:
         for m in self.members.values():
@@ -335,7 +355,7 @@ class Auto(MetaMethod):
             rank_by = rank_posteriors(combined, rank_by)
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
                    "ranked_by": ranked_by, "transition_from": transition_from,
-                   "trained_on": self.trained or "ce",
+                   "trained_on": self.trained or "ce", "trained_on_because": self.trained_because,
                    "members_step_every": self.members_step_every,
                    **timing}
         return Evidence(raw, belief, columns, transition, summary, arrays, members=suspicions,

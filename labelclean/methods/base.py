@@ -94,6 +94,9 @@ class TrainContext:
     #: rows, :func:`labelclean.exam.choose_ranking`). Only those counts are known here; the
     #: exam rows still train blind, on their given labels.
     exam_can_choose: bool = False
+    #: The audit has an exam that cannot rank but says the noise is light
+    #: (:func:`labelclean.exam.says_light`).
+    exam_light: bool = False
 
     @property
     def num_samples(self) -> int:

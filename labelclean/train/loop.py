@@ -158,11 +158,13 @@ def train(
     run_dir: Path,
     reporter: Reporter,
     exam_can_choose: bool = False,
+    exam_light: bool = False,
 ) -> TrainResult:
     """Train ``method`` on ``inputs`` and return its evidence.
 
     ``exam_can_choose``: the audit has an exam that can choose the ranking afterwards
-    (``TrainContext.exam_can_choose``).
+    (``TrainContext.exam_can_choose``); ``exam_light``: one that cannot, but says the noise is
+    light (``TrainContext.exam_light``).
 
     ``inputs`` are ``(N, 3, S, S)`` uint8 pixels (the backbone ``config.backbone``, augmented
     per batch) or ``(N, D)`` float vectors (``--features``: a linear head on the standardised
@@ -213,7 +215,7 @@ def train(
         steps_per_epoch=steps_per_epoch, batch_size=batch_size, generator=generator,
         device=device, config=config, load=load, notice=reporter.notice, amp_dtype=amp,
         load_shifted=None if vectors or config.augment == "none" else load_shifted,
-        exam_can_choose=exam_can_choose,
+        exam_can_choose=exam_can_choose, exam_light=exam_light,
     )
     method.setup(ctx)
     optimizer = torch.optim.SGD(
