@@ -26,6 +26,7 @@ from labelclean.exam import (
     split_exam,
     wilson,
 )
+from labelclean.methods.probe import rank_mean
 from labelclean.metrics import auroc
 from labelclean.scoring import Evidence, score
 from tests.conftest import FAST
@@ -397,6 +398,16 @@ def test_audit_reports_estimates_and_marks_the_exam(tmp_path):
     assert set(choice["exam_auroc"]) == {"default", "corrected head", "final views and corrected head"}
     assert e["ranking_auroc"]["estimate"] == pytest.approx(choice["exam_auroc"][choice["chosen"]], abs=1e-4)
     assert s["method_summary"]["trained_on"] == "ce"  # train_on=auto: the exam can choose
+    # The default order leaves the corrected head to the exam: the final views and the plain
+    # head, whatever the heads' likelihoods.
+    assert s["method_summary"]["ranked_by"] == (
+        "final model, shifted views and a cross-fitted head (mean rank; the noise-corrected head "
+        "is the exam's alternative)")
+    if choice["chosen"] == "default":
+        every = result.scores
+        mean_rank = rank_mean(every["final_views_suspicion"].to_numpy(), every["probe_suspicion"].to_numpy())
+        along = every.assign(m=mean_rank)[~every["verified"]].sort_values("rank")["m"].to_numpy()
+        assert np.all(np.diff(along) <= 1.0 / len(every) + 1e-9)
     assert s["method_summary"]["members_step_every"] == 2  # bystanders: every second batch
     # No trusted set: still works, and says the estimates have no exam behind them.
     bare = audit(RunConfig(dataset=str(tiny.csv), out=str(tmp_path / "bare"), backbone="test_tiny",
