@@ -73,6 +73,32 @@ def test_a_vote_does_not_relabel_a_row_the_audit_reports_as_probably_right():
     assert d.relabel.tolist() == [True] * 4 + [False] * 6
 
 
+def test_a_vote_relabels_only_inside_the_count_and_where_the_exam_puts_the_rank_at_half_or_more():
+    """A member mixture that models the bulk of its scores votes on rows far down the ranking;
+    the vote relabels only rows among the audit's count of wrong labels and, where the exam
+    measured the ranking, whose rank a ranking that good (its interval's low end) puts at one
+    half or more wrong."""
+    n = 1000
+    s = np.linspace(1.0, 0.0, n)
+    sure = np.full(n, 0.95)  # every member at 0.9 or more: the vote is everywhere
+    everyone = np.ones(n, dtype=bool)
+
+    def count(p, expected):
+        return 100, "exam"
+
+    inside = decide(s, everyone, threshold=0.0, posterior=sure, strong=everyone, count=count)
+    assert inside.is_suspect.all()  # the user's threshold flags every row ...
+    assert inside.relabel.tolist() == [True] * 100 + [False] * (n - 100)  # ... the count bounds the vote
+    measured = decide(s, everyone, threshold=0.0, posterior=sure, strong=everyone, count=count,
+                      separation=0.8, relabel_separation=0.8)
+    half = binormal_posteriors(n, 0.1, 0.8) >= 0.5
+    assert 0 < half.sum() < 100
+    assert measured.relabel.tolist() == half.tolist()
+    weak = decide(s, everyone, threshold=0.0, posterior=sure, strong=everyone, count=count,
+                  separation=0.6, relabel_separation=0.6)
+    assert not weak.relabel.any()  # no rank reaches one half under a ranking that weak
+
+
 def test_the_exam_relabels_where_it_measured_a_ranking_good_enough_and_the_vote_was_short():
     """Members too flat to vote (none at 0.9, P(wrong) low): an exam whose AUROC interval starts
     at 0.99 at 30% wrong puts the top of the ranking past 0.9, and those rows with a clear
