@@ -401,6 +401,7 @@ def decide(
         posterior = np.zeros_like(suspicion, dtype=np.float64)
         method = "mixture (no separation: nothing flagged)"
     relabel_t = _crossing(suspicion, posterior, RELABEL_POSTERIOR)
+    order = np.argsort(-suspicion, kind="stable")  # most suspicious first
     expected = round(float(posterior.sum())) if len(posterior) else 0
     source = "estimated count"
     if count is not None:
@@ -411,7 +412,7 @@ def decide(
         flagged = f1_optimal_count(in_order, expected)
         source += f" and the exam's AUROC {separation:.2f}"
     elif flag_rule == "f1" and expected > 0:
-        in_order = posterior[np.argsort(-suspicion, kind="stable")]
+        in_order = posterior[order]
         total = float(in_order.sum())
         scaled = in_order * (expected / total) if total > 0 else in_order
         flagged = f1_optimal_count(scaled, expected)
@@ -427,7 +428,6 @@ def decide(
     strong_enough = (suspicion >= relabel_t if strong is None
                      else np.asarray(strong, dtype=bool) & (posterior >= VOTE_MIN_POSTERIOR))
     by_exam = np.zeros(len(suspicion), dtype=bool)
-    order = np.argsort(-suspicion, kind="stable")
     if strong is not None:  # the vote stays inside the audit's own count of wrong labels
         strong_enough &= _top(order, expected)
     if strong is not None and relabel_separation is not None and expected > 0:

@@ -86,10 +86,20 @@ class AutoOptions(MetaOptions):
     def resolved_train_on(self, exam_can_choose: bool, exam_light: bool = False) -> str:
         """``train_on`` with ``auto`` resolved: ``ce`` where an exam can choose the ranking
         among the heads' orders or says the noise is light, ``all`` otherwise."""
+        return self.train_on_choice(exam_can_choose, exam_light)[0]
+
+    def train_on_choice(self, exam_can_choose: bool, exam_light: bool = False) -> tuple[str, str]:
+        """:meth:`resolved_train_on` and why (the summary's ``trained_on_because``)."""
         text = self.train_on.strip()
-        if text == "auto":
-            return "ce" if (exam_can_choose or exam_light) and self.rank == "final+probe" else "all"
-        return text
+        if text != "auto":
+            return text, "--option train_on"
+        if self.rank != "final+probe":
+            return "all", f"rank={self.rank}: no heads for an exam to choose"
+        if exam_can_choose:
+            return "ce", "the exam can choose the ranking"
+        if exam_light:
+            return "ce", "the exam cannot rank, and says the noise is light"
+        return "all", "no exam that can choose the ranking"
 
     def trained_on(self, members: list[str], exam_can_choose: bool = False,
                    exam_light: bool = False) -> list[str]:
@@ -191,19 +201,7 @@ class Auto(MetaMethod):
             m.warmup_epochs = self.warmup_epochs
         self._sync_reference()
         self.trained = self.options.trained_on(list(self.members), ctx.exam_can_choose, ctx.exam_light)
-        self.trained_because = self._trained_because(ctx)
-
-    def _trained_because(self, ctx: TrainContext) -> str:
-        """Why the network trains on what it does (the summary's ``trained_on_because``)."""
-        if self.options.train_on.strip() != "auto":
-            return "--option train_on"
-        if self.options.rank != "final+probe":
-            return f"rank={self.options.rank}: no heads for an exam to choose"
-        if ctx.exam_can_choose:
-            return "the exam can choose the ranking"
-        if ctx.exam_light:
-            return "the exam cannot rank, and says the noise is light"
-        return "no exam that can choose the ranking"
+        self.trained_because = self.options.train_on_choice(ctx.exam_can_choose, ctx.exam_light)[1]
 
     def _sync_reference(self) -> None:
         for m in self.members.values():
