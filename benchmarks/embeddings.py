@@ -2,14 +2,15 @@
 pretrained encoder takes (``--backbone timm:...`` embeds once, then audits the vectors).
 
     python benchmarks/embeddings.py --settings human:0.2 flip-to-one:0.3 instance:0.4 uniform:0.2 \
-        [--limit 2500] [--embed-epochs 30] [--auto-option rank=late]
+        [--limit 2500] [--embed-epochs 30] [--auto-option rank=late] [--trusted-sample]
 
 No pretrained weights can be downloaded here, so the embedding model is trained the way a team's
 model is trained elsewhere: the default backbone on the CIFAR-10 images that are *not* audited
 (the rest of the shared training subset and its test split, clean labels), then frozen. The
 audited images (the first ``--limit``) are embedded by it (its 256-d pooled features) and
 written as ``embeddings.parquet`` keyed by id. Each noise setting comes from ``labelclean
-simulate`` as in ``noisy_sets.py`` (10 trusted images per class, excluded from the noisy part).
+simulate`` as in ``noisy_sets.py`` (10 trusted images per class, excluded from the noisy part;
+with ``--trusted-sample`` drawn from it with their verified labels, so the audit's exam runs).
 
 Rows: ``ce`` and ``auto`` audited with ``--features``; the training-loss row (the ``ce`` run's
 final head scored on its own training vectors); cleanlab (``find_label_issues`` with defaults)
@@ -113,6 +114,9 @@ def main() -> None:
     parser.add_argument("--auto-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--section", default="embeddings")
     parser.add_argument("--keep", default=None, help="copy the embeddings, labels and run folders here")
+    parser.add_argument("--trusted-sample", action="store_true",
+                        help="the trusted rows are a random sample of the noisy manifest (verified "
+                             "labels kept), as a team verifying a sample has: the audit's exam runs")
     args = parser.parse_args()
     path = SHARED_DATA / "cifar10_subset.npz"
     if not path.is_file():
@@ -130,6 +134,7 @@ def main() -> None:
     ids = pd.read_csv(manifest, dtype=str)["id"]
     vectors = pd.DataFrame({"id": ids, "embedding": list(embed(model, data["x"][:n], mean, std))})
     raw = {"command": command(), "machine": machine(), "images": n, "embedder_images": len(held_y),
+           "trusted_sample": args.trusted_sample,
            "embed_epochs": args.embed_epochs, "embed_seconds": embed_seconds, "results": {}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -140,7 +145,8 @@ def main() -> None:
             kind, rate = setting.split(":")
             sim = tmp / setting.replace(":", "_")
             report = simulate(manifest, sim, kind, float(rate), seed=args.seed, trusted_per_class=10,
-                              class_map=CIFAR_MAP if kind == "asymmetric" else None)
+                              class_map=CIFAR_MAP if kind == "asymmetric" else None,
+                              trusted_sample=args.trusted_sample)
             print(f"{setting}: {report['flipped']} of {report['samples']} labels wrong", flush=True)
             truth_csv = sim / "truth.csv"
             rows: dict[str, dict] = {}
