@@ -109,7 +109,8 @@ def test_without_trusted_set_meta_methods_pick_and_announce_a_reference(tiny, tm
 
 # -- unit level: a hand-built context ----------------------------------------------------
 
-def _context(method, scope="head", n=24, c=3, exam_can_choose=False, exam_light=False, **options):
+def _context(method, scope="head", n=24, c=3, exam_can_choose=False, exam_light=False,
+             features_fixed=False, **options):
     torch.manual_seed(0)
     model = build_backbone("test_tiny", c)
     pixels = torch.rand(n, 3, 8, 8)
@@ -122,7 +123,8 @@ def _context(method, scope="head", n=24, c=3, exam_can_choose=False, exam_light=
                        batch_size=8, generator=torch.Generator().manual_seed(0),
                        device=torch.device("cpu"), config=config,
                        load=lambda rows, aug: pixels[rows], notice=lambda m: None,
-                       exam_can_choose=exam_can_choose, exam_light=exam_light)
+                       exam_can_choose=exam_can_choose, exam_light=exam_light,
+                       features_fixed=features_fixed)
     m = METHODS.get(method).build({"warmup": 0.5, **options})
     m.setup(ctx)
     ctx.optimizer = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -368,6 +370,13 @@ def test_auto_trains_on_plain_cross_entropy_by_default_only_where_an_exam_can_ch
     assert sorted(_context("auto", exam_light=True, train_on="mlc")[0].trained) == ["mlc"]
     assert m.trained_because == "the exam can choose the ranking"
     assert _context("auto")[0].trained_because == "no exam that can choose the ranking"
+    # Fixed features (vectors, a frozen encoder): no view of the images to protect, so every
+    # member trains the head, exam or not; an explicit train_on still wins.
+    for exam in ({"exam_can_choose": True}, {"exam_light": True}, {}):
+        fixed = _context("auto", features_fixed=True, **exam)[0]
+        assert sorted(fixed.trained) == everyone and fixed.members_step_every == 1
+        assert fixed.trained_because.startswith("the features are fixed")
+    assert _context("auto", features_fixed=True, exam_can_choose=True, train_on="ce")[0].trained == []
 
 
 def test_auto_refuses_an_unknown_second_view():

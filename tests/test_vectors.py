@@ -20,18 +20,22 @@ CLASSES = ["ant", "bee", "cow", "doe"]
 @pytest.fixture
 def vec(tmp_path):
     """600 rows of 16-d Gaussian blobs (one per class), 60 wrong labels, 60 verified rows."""
+    return _blobs(tmp_path)
+
+
+def _blobs(tmp_path, n_wrong=60, n_verified=60):
     rng = np.random.default_rng(0)
     n, d, c = 600, 16, len(CLASSES)
     true = np.repeat(np.arange(c), n // c)
     centres = rng.normal(0, 3, (c, d))
     x = (centres[true] + rng.normal(0, 1, (n, d))).astype(np.float32)
     given = true.copy()
-    wrong = rng.choice(n, 60, replace=False)
+    wrong = rng.choice(n, n_wrong, replace=False)
     given[wrong] = (true[wrong] + rng.integers(1, c, len(wrong))) % c
     ids = [f"s{i:04d}" for i in range(n)]
     manifest = tmp_path / "labels.csv"
     pd.DataFrame({"id": ids, "label": np.array(CLASSES)[given]}).to_csv(manifest, index=False)
-    verified = rng.choice(n, 60, replace=False)
+    verified = rng.choice(n, n_verified, replace=False)
     trusted = tmp_path / "trusted.csv"
     pd.DataFrame({"id": np.array(ids)[verified], "label": np.array(CLASSES)[true[verified]]}).to_csv(
         trusted, index=False)
@@ -119,6 +123,29 @@ def test_auto_on_features_ranks_by_the_late_belief_and_heads_cross_fitted_on_the
                           *([heads.corrected] if joined else []))
     along = scores.assign(mean_rank=mean_rank)[free].sort_values("rank")["mean_rank"].to_numpy()
     assert np.all(np.diff(along) <= 1.0 / len(scores) + 1e-9)  # late belief: 6 decimals, swaps of one
+
+
+def test_on_fixed_features_the_members_train_the_head_and_the_cross_fitted_head_orders_with_an_exam(tmp_path):
+    """Vectors are features the run does not train: ``train_on=auto`` resolves to every member
+    even where an exam can choose, and the default order is the plain cross-fitted head alone
+    (it already carries the late belief as its weights); the corrected head stays the exam's
+    alternative, alone or with the plain head."""
+    v = _blobs(tmp_path, n_wrong=180, n_verified=120)
+    run = audit(RunConfig(dataset=str(v["manifest"]), trusted=str(v["trusted"]), features=str(v["emb"]),
+                          out=str(tmp_path / "run"), epochs=3, report=False))
+    s = run.summary
+    assert s["estimates"]["exam_wrong"] >= 5  # the exam can choose
+    summary = s["method_summary"]
+    assert sorted(summary["trained_on"]) == ["ieg", "mlc", "mlnt", "mslg"]
+    assert summary["trained_on_because"].startswith("the features are fixed")
+    assert summary["ranked_by"] == ("a cross-fitted head weighted by the late-phase belief (the "
+                                    "noise-corrected head is the exam's alternative)")
+    choice = s["ranking_choice"]
+    assert set(choice["exam_auroc"]) == {"default", "corrected head", "plain and corrected heads"}
+    assert choice["chosen"] == "default"
+    scores, free, _wrong_rows = _wrong(run, v)
+    along = scores[free].sort_values("rank")["probe_suspicion"].to_numpy()
+    assert np.all(np.diff(along) <= 1e-6)  # stored to 6 decimals
 
 
 def test_npy_in_manifest_order_gives_the_same_scores_as_parquet_with_ids(vec):

@@ -50,7 +50,11 @@ class AutoOptions(MetaOptions):
     network (docs/benchmarks.md, "The exam chooses the ranking"), unless the exam says the
     noise is light: at 10% the network barely learns a flip (CIFAR-10 flip-to-one lost 0.004
     AUROC), and human-like and instance noise ranked better (docs/benchmarks.md, "Light
-    noise: plain training").
+    noise: plain training"). Where the features are fixed (``--features`` vectors, or a frozen
+    encoder: ``TrainContext.features_fixed``) there is no view of the images to protect, only
+    a head that plain cross-entropy lets fit the wrong labels, so ``auto`` resolves to ``all``
+    with or without an exam (CIFAR-10 embeddings with an exam: +0.004 to +0.013 AUROC on the
+    cross-fitted head; docs/benchmarks.md, "Fixed features: the members train the head").
     Measured, not the default:
     training on MLC and MLNT only raised the final-view AUROC on CIFAR-10 human 20% (0.660 ->
     0.682 on one draw, 0.700 -> 0.703 on another) and lowered it on flip-to-one (0.739 ->
@@ -83,18 +87,24 @@ class AutoOptions(MetaOptions):
     def selected(self) -> list[str]:
         return _names(self.members)
 
-    def resolved_train_on(self, exam_can_choose: bool, exam_light: bool = False) -> str:
+    def resolved_train_on(self, exam_can_choose: bool, exam_light: bool = False,
+                          features_fixed: bool = False) -> str:
         """``train_on`` with ``auto`` resolved: ``ce`` where an exam can choose the ranking
-        among the heads' orders or says the noise is light, ``all`` otherwise."""
-        return self.train_on_choice(exam_can_choose, exam_light)[0]
+        among the heads' orders or says the noise is light and the run trains its features,
+        ``all`` otherwise."""
+        return self.train_on_choice(exam_can_choose, exam_light, features_fixed)[0]
 
-    def train_on_choice(self, exam_can_choose: bool, exam_light: bool = False) -> tuple[str, str]:
+    def train_on_choice(self, exam_can_choose: bool, exam_light: bool = False,
+                        features_fixed: bool = False) -> tuple[str, str]:
         """:meth:`resolved_train_on` and why (the summary's ``trained_on_because``)."""
         text = self.train_on.strip()
         if text != "auto":
             return text, "--option train_on"
         if self.rank != "final+probe":
             return "all", f"rank={self.rank}: no heads for an exam to choose"
+        if features_fixed:
+            return "all", ("the features are fixed (vectors or a frozen encoder): the members "
+                           "keep the head from fitting wrong labels, at no cost to its view")
         if exam_can_choose:
             return "ce", "the exam can choose the ranking"
         if exam_light:
@@ -102,9 +112,9 @@ class AutoOptions(MetaOptions):
         return "all", "no exam that can choose the ranking"
 
     def trained_on(self, members: list[str], exam_can_choose: bool = False,
-                   exam_light: bool = False) -> list[str]:
+                   exam_light: bool = False, features_fixed: bool = False) -> list[str]:
         """The members whose losses train the network; empty for plain cross-entropy."""
-        text = self.resolved_train_on(exam_can_choose, exam_light)
+        text = self.resolved_train_on(exam_can_choose, exam_light, features_fixed)
         if text == "ce":
             return []
         return members if text == "all" else _names(text)
@@ -200,8 +210,9 @@ class Auto(MetaMethod):
             m.setup(ctx, dynamics=self.dynamics)  # one forward, one record
             m.warmup_epochs = self.warmup_epochs
         self._sync_reference()
-        self.trained = self.options.trained_on(list(self.members), ctx.exam_can_choose, ctx.exam_light)
-        self.trained_because = self.options.train_on_choice(ctx.exam_can_choose, ctx.exam_light)[1]
+        situation = (ctx.exam_can_choose, ctx.exam_light, ctx.features_fixed)
+        self.trained = self.options.trained_on(list(self.members), *situation)
+        self.trained_because = self.options.train_on_choice(*situation)[1]
 
     def _sync_reference(self) -> None:
         for m in self.members.values():
@@ -339,7 +350,17 @@ class Auto(MetaMethod):
             # Without one, it joins only where its noise model predicts the held-out given
             # labels better than the plain head (class-level noise); under instance-dependent
             # noise its T only absorbs the features' confusions, and it ranks worse.
-            if ctx.exam_can_choose:
+            # On fixed features the late-phase belief is the head's fit to its own training
+            # vectors (the training loss), and the plain head already carries it as its
+            # weights; with an exam, mean-ranking the two pulled the head down by 0.002-0.010
+            # AUROC (CIFAR-10 embeddings, docs/benchmarks.md, "Fixed features: the members
+            # train the head"), so the head orders alone.
+            base = heads.plain if ctx.features_fixed and ctx.exam_can_choose else rank_by
+            if ctx.exam_can_choose and ctx.features_fixed:
+                combined = heads.plain
+                ranked_by = ("a cross-fitted head weighted by the late-phase belief (the "
+                             "noise-corrected head is the exam's alternative)")
+            elif ctx.exam_can_choose:
                 combined = rank_mean(rank_by, heads.plain)
                 ranked_by += (" and a cross-fitted head (mean rank; the noise-corrected head is "
                               "the exam's alternative)")
@@ -356,8 +377,8 @@ class Auto(MetaMethod):
             # chooses the ranking"). Every order on the first ranking's scale (a --threshold
             # keeps its meaning).
             if ctx.exam_can_choose:
-                alternatives = {"corrected head": heads.corrected,
-                                "final views and corrected head": rank_mean(rank_by, heads.corrected)}
+                both = "plain and corrected heads" if base is heads.plain else "final views and corrected head"
+                alternatives = {"corrected head": heads.corrected, both: rank_mean(base, heads.corrected)}
                 rank_alternatives = {k: rank_posteriors(v, rank_by) for k, v in alternatives.items()}
             rank_by = rank_posteriors(combined, rank_by)
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,

@@ -216,6 +216,7 @@ def train(
         device=device, config=config, load=load, notice=reporter.notice, amp_dtype=amp,
         load_shifted=None if vectors or config.augment == "none" else load_shifted,
         exam_can_choose=exam_can_choose, exam_light=exam_light,
+        features_fixed=vectors or config.finetune == "head",
     )
     method.setup(ctx)
     optimizer = torch.optim.SGD(
@@ -284,7 +285,6 @@ def train(
         final_t = ctx.predict()
         if method.wants_final_features():  # vectors are the head's features: no (N, d) copy
             ctx.final_features = inputs
-    ctx.features_fixed = vectors or config.finetune == "head"
     if method.wants_final_views() and ctx.load_shifted is not None:
         ctx.final_given = ctx.views_given(final_t, view_shifts(inputs.shape[-1]))
     evidence = method.evidence()
