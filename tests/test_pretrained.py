@@ -128,6 +128,8 @@ def test_finetune_head_trains_on_images_with_the_encoder_frozen_and_weights_the_
     # unweighted would repeat the training loss, so the plain head keeps the ranking's weights.
     assert summary["probe_weighted"] is True
     assert "cross-fitted head" in summary["ranked_by"]
+    # Fixed features: the members train the head whatever the exam (train_on=auto).
+    assert summary["trained_on_because"].startswith("the features are fixed")
     assert result.scores["probe_suspicion"].between(0, 1).all()
     # Frozen: the encoder's weights in the checkpoint are the file's.
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", map_location="cpu", weights_only=True)["model"]
