@@ -549,3 +549,20 @@ def test_the_noise_rate_interval_covers_the_unverified_rows_when_the_exam_is_a_l
     wide, narrow = interval(30, 200, 200), interval(30, 200)
     assert wide["low"] < narrow["low"] and wide["high"] > narrow["high"]
     assert interval(30, 200, 10**9)["low"] == narrow["low"]
+
+
+def test_the_noise_rate_interval_keeps_a_width_where_the_exam_holds_no_miss():
+    """A model that ranks every exam row perfectly still gets an interval as wide as one miss
+    in an exam of that size could make it, around the unchanged estimate."""
+    from labelclean.exam import noise_rate
+
+    wrong = np.arange(60) % 4 == 0
+    perfect = noise_rate(wrong, wrong.astype(float), np.r_[np.ones(150), np.zeros(350)])
+    assert perfect["estimate"] == pytest.approx(0.3)
+    assert 0.2 < perfect["low"] < 0.28 and 0.32 < perfect["high"] < 0.4
+    # Where the exam shows misses, the extra row changes the width by little.
+    wrong, p = _population(np.random.default_rng(3), 1100, 0.4, 0.5)
+    rate = noise_rate(wrong[:100], p[:100], p[100:])
+    residual = wrong[:100] - rate["model_weight"] * p[:100]
+    plain = 1.6449 * np.sqrt(residual.var(ddof=1) * (1 / 100 + 1 / 1000))
+    assert plain < (rate["high"] - rate["low"]) / 2 < 1.15 * plain
