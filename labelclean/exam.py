@@ -257,7 +257,8 @@ def says_light(wrong: np.ndarray) -> bool:
 
 
 #: One-sided bootstrap share with which an alternative ranking must beat the default on the exam
-#: before the audit orders by it (:func:`choose_ranking`).
+#: before the audit orders by it (:func:`choose_ranking`), for the family of alternatives: each
+#: of ``k`` must pass at ``1 − (1 − CHOICE_LEVEL) / k`` (:func:`choice_level`).
 CHOICE_LEVEL = 0.9
 #: At most this many exam rows decide the choice (a seeded sample beyond): the pairwise table
 #: is wrong x right rows, and a few thousand rows already tell rankings apart.
@@ -271,11 +272,19 @@ class RankingChoice:
     chosen: str
     exam_auroc: dict[str, float]
     win_share: dict[str, float]  # per alternative: bootstrap share where it beat the default
+    level: float = CHOICE_LEVEL  # the share each alternative had to reach (choice_level)
 
     def summary(self) -> dict[str, Any]:
-        return {"chosen": self.chosen, "level": CHOICE_LEVEL,
+        return {"chosen": self.chosen, "level": round(self.level, 4),
                 "exam_auroc": {k: round(v, 4) for k, v in self.exam_auroc.items()},
                 "win_share": {k: round(v, 4) for k, v in self.win_share.items()}}
+
+
+def choice_level(alternatives: int) -> float:
+    """The bootstrap share each of ``alternatives`` rankings must reach: :data:`CHOICE_LEVEL`
+    for the family (Bonferroni), so that offering more orders does not make a lucky one more
+    likely to replace the default. With one alternative, :data:`CHOICE_LEVEL` itself."""
+    return 1.0 - (1.0 - CHOICE_LEVEL) / max(1, alternatives)
 
 
 def _pairwise(wrong: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -292,9 +301,14 @@ def choose_ranking(wrong: np.ndarray, default: tuple[str, np.ndarray],
 
     Each ranking is scored on the exam rows (``wrong``: given label differs from the verified
     one). An alternative replaces the default only where its exam AUROC is higher in at least
-    :data:`CHOICE_LEVEL` of a paired, stratified bootstrap of the exam rows (wrong and right rows
-    resampled separately, every ranking on the same draw); of those that pass, the one with the
-    highest exam AUROC wins. ``None`` where the exam cannot rank (:func:`can_rank`).
+    :func:`choice_level` of a paired, stratified bootstrap of the exam rows (wrong and right
+    rows resampled separately, every ranking on the same draw): :data:`CHOICE_LEVEL` shared
+    among the alternatives, since each one offered is another chance for a lucky draw. Of
+    those that pass, the one with the highest exam AUROC wins. ``None`` where the exam cannot
+    rank (:func:`can_rank`). (At 90% for each of two alternatives, the exam chose the
+    corrected head on CIFAR-10 embeddings under human-like noise at 92% and lost 0.013 AUROC;
+    at 95% each, no choice on 32 kept image audits changed: docs/benchmarks.md, "The exam's
+    choice: one level for all the alternatives".)
 
     Why: a noise-corrected head ranks a class-level flip far better than the default combination
     and a little worse under instance-dependent noise, and which noise a team has is what the
@@ -319,12 +333,13 @@ def choose_ranking(wrong: np.ndarray, default: tuple[str, np.ndarray],
     exam_auroc = {k: float(t.mean()) for k, t in tables.items()}
     win_share: dict[str, float] = {}
     chosen = name
+    level = choice_level(len(alternatives))
     for k in alternatives:
         diff = np.einsum("bi,ij,bj->b", cw, tables[k] - tables[name], cr, optimize=True)
         win_share[k] = float((diff > 0).mean())
-        if win_share[k] >= CHOICE_LEVEL and exam_auroc[k] > exam_auroc[chosen]:
+        if win_share[k] >= level and exam_auroc[k] > exam_auroc[chosen]:
             chosen = k
-    return RankingChoice(chosen, exam_auroc, win_share)
+    return RankingChoice(chosen, exam_auroc, win_share, level)
 
 
 def separation_interval(wrong: np.ndarray, suspicion: np.ndarray,

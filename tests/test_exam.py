@@ -114,6 +114,23 @@ def _ranked(wrong: np.ndarray, quality: float, rng: np.random.Generator) -> np.n
     return 1 / (1 + np.exp(-(rng.normal(0, 1, len(wrong)) + d * wrong)))
 
 
+def test_choose_ranking_shares_its_level_among_the_alternatives():
+    """Each alternative offered is another chance for a lucky exam: one that beats the default
+    in 93% of resamples replaces it alone (90%), not beside a second one (95% each)."""
+    from labelclean.exam import choice_level
+
+    assert choice_level(1) == pytest.approx(0.9) and choice_level(2) == pytest.approx(0.95)
+    rng = np.random.default_rng(1)
+    wrong = rng.random(60) < 0.3
+    default = _ranked(wrong, 0.75, rng)
+    lucky = _ranked(wrong, 0.88, rng)
+    alone = choose_ranking(wrong, ("default", default), {"lucky": lucky}, seed=0)
+    assert alone is not None and 0.9 <= alone.win_share["lucky"] < 0.95 and alone.chosen == "lucky"
+    two = choose_ranking(wrong, ("default", default), {"lucky": lucky, "same": default.copy()}, seed=0)
+    assert two is not None and two.win_share["lucky"] == alone.win_share["lucky"]
+    assert two.chosen == "default" and two.summary()["level"] == pytest.approx(0.95)
+
+
 def test_choose_ranking_switches_only_where_the_exam_shows_a_clearly_better_ranking():
     rng = np.random.default_rng(0)
     wrong = rng.random(60) < 0.3
