@@ -306,7 +306,7 @@ def main() -> None:
         if float(rows) ** 2 * args.dim > EXACT_BUDGET and not args.no_recall:
             raw["ivf_recall"][rows] = generated(ivf_recall, folder / "emb.npy", 10, 1000, args.seed)
             print(f"  IVF recall@10: {raw['ivf_recall'][rows]}", flush=True)
-    for rows in args.images:
+    for rows in (r for r in args.images if r > 0):  # --images 0: no image audits
         folder = generated(make_images, args.work, rows, args.image_size, args.classes, args.noise, args.seed)
         r = run_audit(folder, ["--method", args.method, "--epochs", str(args.epochs),
                                "--seed", str(args.seed), "--image-size", str(args.image_size)])
