@@ -543,8 +543,11 @@ def estimate_lines(summary: dict) -> list[str]:
             lines.append(f"order: the exam chose the {choice['chosen']} (AUROC {got[choice['chosen']]:.2f} on the "
                          f"exam rows against the default's {got['default']:.2f})")
         else:
+            others = len(choice["exam_auroc"]) - 1
+            shared = (f" (the {CHOICE_LEVEL:.0%} level shared among {others} alternatives)"
+                      if others > 1 else "")
             lines.append("order: the default; no other order ranked the exam rows better in "
-                         f"{choice['level']:.0%} of resamples")
+                         f"{choice['level']:.0%} of resamples{shared}")
     if summary.get("relabel_by_exam"):
         lines.append(f"{summary['relabel_by_exam']:,} relabels rest on the exam's measured ranking (the low "
                      "end of its AUROC interval puts them at 90% or more wrong)")

@@ -356,6 +356,11 @@ def test_the_exam_measures_the_rankings_auroc_with_an_interval():
     assert [line for line in estimate_lines(kept) if line.startswith("order:")] == [
         "order: the default; no other order ranked the exam rows better in 90% of resamples"]
     assert not any("relabels rest" in line for line in estimate_lines(kept))
+    two = {**kept, "ranking_choice": {"chosen": "default", "level": 0.95, "exam_auroc": {
+        "default": 0.8, "corrected head": 0.82, "plain and corrected heads": 0.81}}}
+    assert [line for line in estimate_lines(two) if line.startswith("order:")] == [
+        "order: the default; no other order ranked the exam rows better in 95% of resamples "
+        "(the 90% level shared among 2 alternatives)"]
     few = estimates(Exam(exam.given[11:], exam.truth[11:], exam.flagged[11:], suspicion[11:]),
                     1000, 100, np.linspace(0, 1, 1000), 0.25, ["x", "y"], 0)
     assert few["ranking_auroc"] is None
