@@ -53,8 +53,9 @@ class AutoOptions(MetaOptions):
     noise: plain training"). Where the features are fixed (``--features`` vectors, or a frozen
     encoder: ``TrainContext.features_fixed``) there is no view of the images to protect, only
     a head that plain cross-entropy lets fit the wrong labels, so ``auto`` resolves to ``all``
-    with or without an exam (CIFAR-10 embeddings with an exam: +0.004 to +0.013 AUROC on the
-    cross-fitted head; docs/benchmarks.md, "Fixed features: the members train the head").
+    with or without an exam (CIFAR-10 embeddings with an exam, three seeds: the cross-fitted
+    head −0.004 to +0.011 AUROC, +0.003 on average; docs/benchmarks.md, "Fixed features: the
+    members train the head").
     Measured, not the default:
     training on MLC and MLNT only raised the final-view AUROC on CIFAR-10 human 20% (0.660 ->
     0.682 on one draw, 0.700 -> 0.703 on another) and lowered it on flip-to-one (0.739 ->
@@ -89,9 +90,9 @@ class AutoOptions(MetaOptions):
 
     def resolved_train_on(self, exam_can_choose: bool, exam_light: bool = False,
                           features_fixed: bool = False) -> str:
-        """``train_on`` with ``auto`` resolved: ``ce`` where an exam can choose the ranking
-        among the heads' orders or says the noise is light and the run trains its features,
-        ``all`` otherwise."""
+        """``train_on`` with ``auto`` resolved: ``ce`` where the run trains its features and an
+        exam can choose the ranking among the heads' orders or says the noise is light, ``all``
+        otherwise."""
         return self.train_on_choice(exam_can_choose, exam_light, features_fixed)[0]
 
     def train_on_choice(self, exam_can_choose: bool, exam_light: bool = False,
@@ -352,7 +353,7 @@ class Auto(MetaMethod):
             # noise its T only absorbs the features' confusions, and it ranks worse.
             # On fixed features the late-phase belief is the head's fit to its own training
             # vectors (the training loss), and the plain head already carries it as its
-            # weights; with an exam, mean-ranking the two pulled the head down by 0.002-0.010
+            # weights; with an exam, mean-ranking the two pulled the head down by up to 0.010
             # AUROC (CIFAR-10 embeddings, docs/benchmarks.md, "Fixed features: the members
             # train the head"), so the head orders alone.
             base = heads.plain if ctx.features_fixed and ctx.exam_can_choose else rank_by
