@@ -13,6 +13,7 @@ from PIL import Image
 from labelclean import RunConfig, audit
 from labelclean.errors import ConfigError, DataError
 from labelclean.models.pretrained import load_encoder
+from labelclean.scoring import rank_posteriors
 
 
 @pytest.fixture
@@ -137,3 +138,34 @@ def test_finetune_head_trains_on_images_with_the_encoder_frozen_and_weights_the_
     original = net.state_dict()
     assert encoder and set(encoder) <= set(original), sorted(saved)[:5]
     assert all(torch.equal(v, original[k]) for k, v in encoder.items())
+
+
+def test_a_frozen_encoder_with_an_exam_orders_by_the_cross_fitted_head(tmp_path):
+    """A frozen pretrained encoder on images, with verified rows drawn from the dataset: the
+    members train the head, and the exam's default order is the plain cross-fitted head, with
+    the corrected head and the two heads' mean rank as its alternatives."""
+    import torchvision
+
+    from tests.test_exam import _big_tiny
+
+    tiny, trusted = _big_tiny(tmp_path, flips=36)
+    torch.manual_seed(11)
+    torch.save(torchvision.models.get_model("mobilenet_v3_small", weights=None).state_dict(),
+               tmp_path / "w.pt")
+    result = audit(RunConfig(dataset=str(tiny.csv), trusted=str(trusted), epochs=2,
+                             backbone="tv:mobilenet_v3_small", weights=str(tmp_path / "w.pt"),
+                             finetune="head", out=str(tmp_path / "run"), report=False))
+    s = result.summary
+    assert s["estimates"]["exam_wrong"] >= 5 and "ranking_choice" in s
+    summary = s["method_summary"]
+    assert sorted(summary["trained_on"]) == ["ieg", "mlc", "mlnt", "mslg"]
+    assert summary["ranked_by"].startswith("a cross-fitted head weighted by")
+    assert set(s["ranking_choice"]["exam_auroc"]) == {"default", "corrected head",
+                                                       "plain and corrected heads"}
+    assert s["ranking_choice"]["chosen"] == "default"
+    # The order is the plain head's, on the final views' scale (their values re-assigned by the
+    # head's ranks; a random frozen encoder leaves the views nearly flat, so values repeat).
+    every = result.scores
+    expected = rank_posteriors(every["probe_suspicion"].to_numpy(), every["final_views_suspicion"].to_numpy())
+    free = ~every["verified"].to_numpy()
+    assert np.abs(every["suspicion"].to_numpy()[free] - expected[free]).max() < 1e-5
