@@ -356,9 +356,12 @@ class Auto(MetaMethod):
             # weights; with an exam, mean-ranking the two pulled the head down by up to 0.010
             # AUROC (CIFAR-10 embeddings, docs/benchmarks.md, "Fixed features: the members
             # train the head"), so the head orders alone.
-            base = heads.plain if ctx.features_fixed and ctx.exam_can_choose else rank_by
+            # With an exam, the corrected head's paired alternative joins it to the default's
+            # base (below).
+            paired = ("final views and corrected head", rank_by)
             if ctx.exam_can_choose and ctx.features_fixed:
                 combined = heads.plain
+                paired = ("plain and corrected heads", heads.plain)
                 ranked_by = ("a cross-fitted head weighted by the late-phase belief (the "
                              "noise-corrected head is the exam's alternative)")
             elif ctx.exam_can_choose:
@@ -378,8 +381,8 @@ class Auto(MetaMethod):
             # chooses the ranking"). Every order on the first ranking's scale (a --threshold
             # keeps its meaning).
             if ctx.exam_can_choose:
-                both = "plain and corrected heads" if base is heads.plain else "final views and corrected head"
-                alternatives = {"corrected head": heads.corrected, both: rank_mean(base, heads.corrected)}
+                alternatives = {"corrected head": heads.corrected,
+                                paired[0]: rank_mean(paired[1], heads.corrected)}
                 rank_alternatives = {k: rank_posteriors(v, rank_by) for k, v in alternatives.items()}
             rank_by = rank_posteriors(combined, rank_by)
         summary = {**self.base_summary(), "members": list(suspicions), "member_summaries": summaries,
