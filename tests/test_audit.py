@@ -233,3 +233,35 @@ def test_review_lists_suspects_in_rank_order_and_json_keeps_slashes(tiny, tmp_pa
     assert "\\/" not in out and "/" in rows[0]["sample_id"]
     code, out, _ = cli("review", tmp_path / "r", "--sort", "bogus")
     assert code == 2 and "bogus" in _
+
+
+def test_default_epochs_give_a_network_from_scratch_more_visits_than_a_pretrained_one():
+    from labelclean.pipeline import fit_epochs, trains_from_scratch
+
+    # 5,085 images (the held-out set's size): 30 epochs from scratch, 20 from pretrained weights.
+    assert fit_epochs(5085) == 30
+    assert fit_epochs(5085, from_scratch=False) == 20
+    assert fit_epochs(10_000) == 16 and fit_epochs(10_000, from_scratch=False) == 10
+    assert fit_epochs(200) == 30 and fit_epochs(2_000_000) == 10  # the bounds hold
+    base = {"dataset": "d"}
+    assert trains_from_scratch(RunConfig(**base))
+    assert trains_from_scratch(RunConfig(**base, backbone="resnet18"))
+    assert not trains_from_scratch(RunConfig(**base, backbone="resnet18", weights="w.pth"))
+    assert not trains_from_scratch(RunConfig(**base, backbone="tv:resnet18", weights="imagenet"))
+    assert not trains_from_scratch(RunConfig(**base, features="emb.npy"))
+
+
+def test_resolved_config_takes_the_epochs_that_fit_how_the_network_starts():
+    from labelclean.pipeline import resolve_config
+    from labelclean.run import schema as S
+
+    class Rows:  # what resolve_config reads of the samples
+        table = pd.DataFrame({S.ABS_PATH: ["x.png"] * 5085})
+
+        def __len__(self) -> int:
+            return 5085
+
+    scratch = RunConfig(dataset="d", image_size=32)
+    assert resolve_config(scratch, Rows()).epochs == 30
+    assert resolve_config(scratch.replace(weights="w.pth", backbone="resnet18"), Rows()).epochs == 20
+    assert resolve_config(scratch.replace(epochs=7), Rows()).epochs == 7  # the user's wins
