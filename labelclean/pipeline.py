@@ -114,8 +114,13 @@ def trains_from_scratch(config: RunConfig) -> bool:
     ``small_cnn``, or a registered backbone without ``--weights``)."""
     from labelclean.models.pretrained import is_pretrained_name
 
-    return not (config.features or config.pred_probs or config.weights
-                or is_pretrained_name(config.backbone))
+    return trains_on_pixels(config) and not (config.weights or is_pretrained_name(config.backbone))
+
+
+def trains_on_pixels(config: RunConfig) -> bool:
+    """Whether the network's input is decoded pixels (not ``--features``/``--pred-probs``
+    vectors, nor a pretrained encoder's embeddings computed once, :func:`embeds`)."""
+    return not (config.features or config.pred_probs or embeds(config))
 
 
 def fit_batch_size(num_samples: int, vectors: bool = False) -> int:
@@ -126,7 +131,7 @@ def fit_batch_size(num_samples: int, vectors: bool = False) -> int:
 
 def resolve_config(config: RunConfig, samples: Samples) -> RunConfig:
     """Fill the "fit to data" settings and make paths absolute."""
-    pixels = not (config.features or config.pred_probs or embeds(config))
+    pixels = trains_on_pixels(config)
     paths = samples.table[S.ABS_PATH].tolist()
     absolute = {k: str(Path(v).resolve()) for k in ("features", "pred_probs")
                 if (v := getattr(config, k))}
